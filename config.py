@@ -1,0 +1,170 @@
+"""Settings: the only place the environment and `.env` are read."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger("blog.config")
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./blog.db"
+MIN_SECRET_KEY_LENGTH = 32
+RATE_LIMIT_PATTERN = re.compile(r"^\s*\d+\s*/\s*(second|minute|hour)\s*$")
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; the message says why in one line."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Map every accepted PostgreSQL/SQLite spelling onto its async driver."""
+    url = url.strip()
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    for prefix in ("sqlite+aiosqlite://", "sqlite://"):
+        if url.startswith(prefix):
+            return "sqlite+aiosqlite://" + url[len(prefix) :]
+    raise ConfigError(
+        "DATABASE_URL must start with postgresql://, postgres://, postgresql+asyncpg:// "
+        "or sqlite+aiosqlite://"
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for PostgreSQL and in-memory SQLite."""
+    if not url.startswith("sqlite+aiosqlite:///"):
+        return None
+    path = url[len("sqlite+aiosqlite:///") :].split("?", 1)[0]
+    if path in ("", ":memory:"):
+        return None
+    return Path(path)
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    secret_key: str | None = None
+    environment: Literal["development", "production", "test"] = "development"
+    docs_enabled: bool = True
+    access_token_expire_minutes: int = Field(default=30, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = []
+    rate_limit_enabled: bool = True
+    rate_limit_read: str = "300/minute"
+    rate_limit_write: str = "60/minute"
+    rate_limit_login: str = "10/minute"
+    cache_ttl_seconds: int = Field(default=300, ge=0)
+    cache_max_entries: int = Field(default=10_000, ge=1)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "blog@localhost"
+    smtp_timeout_seconds: float = 5.0
+    notify_email: str | None = None
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    first_admin_username: str | None = None
+    first_admin_email: str | None = None
+    first_admin_password: str | None = None
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = ["127.0.0.1"]
+    web_concurrency: int = Field(default=1, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_database_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @field_validator("redis_url", "secret_key", "smtp_host", "notify_email", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins", "forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("rate_limit_read", "rate_limit_write", "rate_limit_login")
+    @classmethod
+    def _rate_limit_form(cls, value: str) -> str:
+        if not RATE_LIMIT_PATTERN.match(value):
+            raise ValueError("must look like N/second, N/minute or N/hour")
+        return value.replace(" ", "")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+            raise ValueError("must be one of CRITICAL, ERROR, WARNING, INFO, DEBUG")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_secret(self) -> Settings:
+        if self.environment == "production" and (
+            self.secret_key is None or len(self.secret_key) < MIN_SECRET_KEY_LENGTH
+        ):
+            raise ValueError(
+                f"ENVIRONMENT=production needs a SECRET_KEY of {MIN_SECRET_KEY_LENGTH}+ characters"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def jwt_secret(self) -> str:
+        """The signing key: configured, or generated once and shared through a file."""
+        if self.secret_key is None:
+            self.secret_key = load_or_create_secret_key(self.secret_key_path())
+        return self.secret_key
+
+    def secret_key_path(self) -> Path:
+        db_file = sqlite_path(self.database_url)
+        directory = db_file.parent if db_file is not None else Path.cwd()
+        return directory / ".secret_key"
+
+
+def load_or_create_secret_key(path: Path) -> str:
+    """Read the key file, creating it (mode 0600) if absent; safe when workers race."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another worker may be writing it right now
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.02)
+        raise ConfigError(f"{path} is empty; delete it or set SECRET_KEY") from None
+    key = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    logger.warning(
+        "SECRET_KEY is not set: generated one into %s; set SECRET_KEY in production", path
+    )
+    return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

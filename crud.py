@@ -1,0 +1,313 @@
+"""Every query of the service, scoped by the caller; raises domain errors, never HTTP ones."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, delete, false, func, literal, literal_column, or_
+from sqlalchemy import select, text, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.concurrency import run_in_threadpool
+
+import security
+from errors import (
+    EmailTaken,
+    InsufficientPermissions,
+    InvalidCredentials,
+    PostNotFound,
+    PostTitleExists,
+    PreconditionFailed,
+    UsernameTaken,
+)
+from models import POST_SEARCH_DOCUMENT, Post, User, UTCDateTime, utcnow
+from pagination import Cursor
+from schemas import PostCreate, PostFilters, PostSort, UserCreate
+
+logger = logging.getLogger("blog.crud")
+
+# The post versions an If-Match header accepts; None when the client sent no precondition.
+Versions = Collection[int] | None
+
+# --- users -----------------------------------------------------------------------------------
+
+
+async def get_user(session: AsyncSession, user_id: int) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def get_user_by_username(session: AsyncSession, username: str) -> User | None:
+    query = select(User).where(func.lower(User.username) == username.lower())
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def create_user(
+    session: AsyncSession, data: UserCreate, *, role: str = "user", password_hash: str | None = None
+) -> User:
+    """Insert a user; USERNAME_TAKEN / EMAIL_TAKEN come from the unique indexes."""
+    if password_hash is None:
+        password_hash = await run_in_threadpool(security.hash_password, data.password)
+    user = User(
+        username=data.username, email=data.email.lower(), password_hash=password_hash, role=role
+    )
+    session.add(user)
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        if await get_user_by_username(session, data.username) is not None:
+            raise UsernameTaken() from None
+        raise EmailTaken() from None
+    return user
+
+
+async def authenticate(session: AsyncSession, username: str, password: str) -> User:
+    """The user these credentials belong to; one answer and similar time for every failure."""
+    user = await get_user_by_username(session, username)
+    password_hash = user.password_hash if user is not None else security.DUMMY_PASSWORD_HASH
+    valid = await run_in_threadpool(security.verify_password, password, password_hash)
+    if user is None or not valid:
+        raise InvalidCredentials()
+    return user
+
+
+async def ensure_first_admin(session: AsyncSession, username: str, email: str, password: str) -> None:
+    """Create the configured admin unless a user of that name exists; never fatal."""
+    if await get_user_by_username(session, username) is not None:
+        return
+    try:
+        data = UserCreate(username=username, email=email, password=password)
+        await create_user(session, data, role="admin")
+        logger.info("created first admin %s", username)
+    except UsernameTaken:
+        pass  # another worker created it first
+    except EmailTaken:
+        logger.error("first admin %s not created: email %s belongs to another user", username, email)
+    except ValueError as exc:
+        logger.error("first admin %s not created: %s", username, exc)
+
+
+# --- posts -----------------------------------------------------------------------------------
+
+
+def _visible_to(viewer: User | None) -> ColumnElement[bool]:
+    if viewer is None:
+        return Post.published.is_(True)
+    if viewer.role == "admin":
+        return literal(True)
+    return or_(Post.published.is_(True), Post.author_id == viewer.id)
+
+
+def _can_write(viewer: User, post: Post) -> bool:
+    return viewer.role == "admin" or post.author_id == viewer.id
+
+
+async def get_visible_post(session: AsyncSession, post_id: int, viewer: User | None) -> Post:
+    """The post if the viewer may see it; POST_NOT_FOUND exactly as if absent otherwise."""
+    query = select(Post).where(Post.id == post_id, _visible_to(viewer))
+    post = (await session.execute(query)).scalar_one_or_none()
+    if post is None:
+        raise PostNotFound()
+    return post
+
+
+async def _get_writable_post(
+    session: AsyncSession, post_id: int, viewer: User, expected_versions: Versions
+) -> Post:
+    post = await get_visible_post(session, post_id, viewer)
+    if not _can_write(viewer, post):
+        raise InsufficientPermissions()
+    if expected_versions is not None and post.version not in expected_versions:
+        raise PreconditionFailed()
+    return post
+
+
+async def create_post(session: AsyncSession, author: User, data: PostCreate) -> Post:
+    now = utcnow()
+    post = Post(
+        title=data.title,
+        content=data.content,
+        published=data.published,
+        author_id=author.id,
+        owner=author,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(post)
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise PostTitleExists() from None
+    return post
+
+
+async def update_post(
+    session: AsyncSession,
+    post_id: int,
+    viewer: User,
+    changes: dict[str, Any],
+    expected_versions: Versions = None,
+) -> Post:
+    """Apply the fields sent; `updated_at` and the version move only when something changed.
+
+    With `expected_versions` (from If-Match) the write is a compare-and-set in one statement.
+    """
+    post = await _get_writable_post(session, post_id, viewer, expected_versions)
+    changed = {field: value for field, value in changes.items() if getattr(post, field) != value}
+    if not changed:
+        return post
+    now = utcnow()
+    statement = (
+        update(Post)
+        .where(Post.id == post.id)
+        .values(**changed, updated_at=now, version=Post.version + 1)
+        .returning(Post.version)
+        .execution_options(synchronize_session=False)
+    )
+    if expected_versions is not None:
+        statement = statement.where(Post.version.in_(expected_versions))
+    try:
+        new_version = (await session.execute(statement)).scalar_one_or_none()
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise PostTitleExists() from None
+    if new_version is None:
+        raise PreconditionFailed() if expected_versions is not None else PostNotFound()
+    # Mirror the row just written onto the object, detached so nothing is flushed again.
+    session.expunge(post)
+    for field, value in changed.items():
+        setattr(post, field, value)
+    post.updated_at = now
+    post.version = new_version
+    return post
+
+
+async def delete_post(
+    session: AsyncSession, post_id: int, viewer: User, expected_versions: Versions = None
+) -> None:
+    post = await _get_writable_post(session, post_id, viewer, expected_versions)
+    statement = delete(Post).where(Post.id == post.id).returning(Post.id)
+    if expected_versions is not None:
+        statement = statement.where(Post.version.in_(expected_versions))
+    deleted = (await session.execute(statement)).scalar_one_or_none()
+    await session.commit()
+    if deleted is None:
+        raise PreconditionFailed() if expected_versions is not None else PostNotFound()
+
+
+# --- listing ---------------------------------------------------------------------------------
+
+_FTS_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass
+class PostPage:
+    posts: list[Post]
+    next_cursor: Cursor | None
+    total: int | None
+
+
+def _sort_key(sort: PostSort) -> tuple[Any, bool]:
+    """The column a sort orders by, and whether it descends."""
+    column = {
+        "created_at": Post.created_at,
+        "updated_at": Post.updated_at,
+        "title": Post.title,
+    }[sort.value.lstrip("-")]
+    return column, sort.value.startswith("-")
+
+
+def _cursor_value(post: Post, sort: PostSort) -> str:
+    value = getattr(post, sort.value.lstrip("-"))
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _like_pattern(fragment: str) -> str:
+    escaped = fragment.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _search_condition(session: AsyncSession, q: str) -> ColumnElement[bool]:
+    if session.get_bind().dialect.name == "postgresql":
+        document = literal_column(POST_SEARCH_DOCUMENT)
+        return document.op("@@")(func.plainto_tsquery(literal_column("'english'"), q))
+    tokens = _FTS_TOKEN.findall(q)
+    if not tokens:
+        return false()
+    match = " ".join('"' + token + '"' for token in tokens)
+    matching_ids = text("SELECT rowid FROM posts_fts WHERE posts_fts MATCH :match").bindparams(
+        match=match
+    )
+    return Post.id.in_(matching_ids.columns(literal_column("rowid")))
+
+
+def _filtered_posts(
+    session: AsyncSession, viewer: User | None, filters: PostFilters
+) -> Select[tuple[Post]]:
+    query = select(Post)
+    if filters.published:
+        query = query.where(Post.published.is_(True))
+    else:
+        query = query.where(Post.published.is_(False))
+        if viewer is None or viewer.role != "admin":
+            query = query.where(Post.author_id == (viewer.id if viewer else -1))
+    if filters.author:
+        authors = select(User.id).where(
+            func.lower(User.username).like(_like_pattern(filters.author), escape="\\")
+        )
+        query = query.where(Post.author_id.in_(authors))
+    if filters.min_date is not None:
+        query = query.where(Post.created_at >= filters.min_date)
+    if filters.max_date is not None:
+        query = query.where(Post.created_at <= filters.max_date)
+    if filters.q:
+        query = query.where(_search_condition(session, filters.q))
+    return query
+
+
+async def list_posts(
+    session: AsyncSession,
+    viewer: User | None,
+    filters: PostFilters,
+    *,
+    skip: int = 0,
+    limit: int = 10,
+    cursor: str | None = None,
+    with_count: bool = False,
+) -> PostPage:
+    """One page of the posts the viewer may list, in `filters.sort` order, id as tiebreak."""
+    base = _filtered_posts(session, viewer, filters)
+    column, descending = _sort_key(filters.sort)
+    query = base
+    if cursor is not None:
+        after = Cursor.decode(cursor, filters.sort.value)
+        value: Any = after.datetime_value() if column is not Post.title else after.str_value()
+        bound = literal(value, type_=UTCDateTime() if column is not Post.title else Post.title.type)
+        key = tuple_(column, Post.id)
+        edge = tuple_(bound, literal(after.id))
+        query = query.where(key < edge if descending else key > edge)
+    order = (column.desc(), Post.id.desc()) if descending else (column.asc(), Post.id.asc())
+    query = query.order_by(*order).offset(skip).limit(limit + 1)
+    posts = list((await session.execute(query)).scalars().all())
+    next_cursor = None
+    if len(posts) > limit:
+        posts = posts[:limit]
+        last = posts[-1]
+        next_cursor = Cursor(filters.sort.value, _cursor_value(last, filters.sort), last.id)
+    total = None
+    if with_count:
+        count_query = select(func.count()).select_from(base.order_by(None).subquery())
+        total = (await session.execute(count_query)).scalar_one()
+    return PostPage(posts, next_cursor, total)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A client's timestamp: no offset means UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,71 @@
+"""FastAPI dependencies and their `Annotated` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
+
+import crud
+from config import Settings
+from database import get_db
+from errors import InsufficientPermissions, InvalidToken, NotAuthenticated
+from models import User
+from security import decode_access_token
+
+SessionDep = Annotated[AsyncSession, Depends(get_db)]
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
+
+
+def get_settings(connection: HTTPConnection) -> Settings:
+    settings: Settings = connection.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_optional_user(
+    session: SessionDep,
+    settings: SettingsDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> User | None:
+    """The caller if a token was sent; a sent but bad token is always 401."""
+    if token is None:
+        return None
+    user_id = decode_access_token(token, settings.jwt_secret)
+    user = await crud.get_user(session, user_id)
+    if user is None:
+        raise InvalidToken()
+    return user
+
+
+OptionalUser = Annotated[User | None, Depends(get_optional_user)]
+
+
+async def get_current_user(user: OptionalUser) -> User:
+    if user is None:
+        raise NotAuthenticated()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def require_role(role: str) -> Callable[[User], Awaitable[User]]:
+    """A dependency that admits only callers with `role`."""
+
+    async def dependency(user: CurrentUser) -> User:
+        if user.role != role:
+            raise InsufficientPermissions()
+        return user
+
+    return dependency
+
+
+AdminUser = Annotated[User, Depends(require_role("admin"))]

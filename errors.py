@@ -1,0 +1,171 @@
+"""Domain errors and their one translation into the HTTP error envelope."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+logger = logging.getLogger("blog.errors")
+
+
+class AppError(Exception):
+    """A failure the client caused or may see; carries its HTTP status and error code."""
+
+    status_code = 400
+    error_code = "BAD_REQUEST"
+    detail = "Bad request"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+        if detail is not None:
+            self.detail = detail
+        self.headers = headers
+        super().__init__(self.detail)
+
+
+class NotAuthenticated(AppError):
+    status_code = 401
+    error_code = "NOT_AUTHENTICATED"
+    detail = "Not authenticated"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class TokenExpired(NotAuthenticated):
+    error_code = "TOKEN_EXPIRED"
+    detail = "Token has expired"
+
+
+class InvalidToken(NotAuthenticated):
+    error_code = "INVALID_TOKEN"
+    detail = "Invalid token"
+
+
+class InvalidCredentials(NotAuthenticated):
+    error_code = "INVALID_CREDENTIALS"
+    detail = "Incorrect username or password"
+
+
+class InsufficientPermissions(AppError):
+    status_code = 403
+    error_code = "INSUFFICIENT_PERMISSIONS"
+    detail = "You do not have permission to do this"
+
+
+class PostNotFound(AppError):
+    status_code = 404
+    error_code = "POST_NOT_FOUND"
+    detail = "Post not found"
+
+
+class CommentNotFound(AppError):
+    status_code = 404
+    error_code = "COMMENT_NOT_FOUND"
+    detail = "Comment not found"
+
+
+class UsernameTaken(AppError):
+    status_code = 409
+    error_code = "USERNAME_TAKEN"
+    detail = "Username is already taken"
+
+
+class EmailTaken(AppError):
+    status_code = 409
+    error_code = "EMAIL_TAKEN"
+    detail = "Email is already registered"
+
+
+class PostTitleExists(AppError):
+    status_code = 409
+    error_code = "POST_TITLE_EXISTS"
+    detail = "A post with this title already exists"
+
+
+class PreconditionFailed(AppError):
+    status_code = 412
+    error_code = "PRECONDITION_FAILED"
+    detail = "The post has changed since the given ETag"
+
+
+class InvalidCursor(AppError):
+    status_code = 422
+    error_code = "INVALID_CURSOR"
+    detail = "Invalid cursor"
+
+
+class InvalidQuery(AppError):
+    """A query-parameter combination the contract refuses (reported like validation errors)."""
+
+    status_code = 422
+    error_code = "VALIDATION_ERROR"
+
+    def __init__(self, loc: list[str], msg: str) -> None:
+        super().__init__(msg)
+        self.errors = [{"loc": loc, "msg": msg, "type": "value_error"}]
+
+
+HTTP_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    401: "NOT_AUTHENTICATED",
+    403: "INSUFFICIENT_PERMISSIONS",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    412: "PRECONDITION_FAILED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+def error_response(
+    status_code: int,
+    detail: Any,
+    error_code: str,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"detail": detail, "error_code": error_code}
+    return JSONResponse(jsonable_encoder(body), status_code=status_code, headers=headers)
+
+
+async def _app_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AppError)
+    detail: Any = exc.errors if isinstance(exc, InvalidQuery) else exc.detail
+    return error_response(exc.status_code, detail, exc.error_code, exc.headers)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_ERROR_CODES.get(exc.status_code, "HTTP_ERROR")
+    detail = exc.detail
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = "Not found"
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return error_response(exc.status_code, detail, code, exc.headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+    return error_response(422, errors, "VALIDATION_ERROR")
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Translate every error into the envelope, in this one place."""
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,101 @@
+"""The Blog API application: wiring only; behaviour lives in routes/, crud.py and friends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+import crud
+from config import Settings, get_settings
+from database import Database
+from deps import get_optional_user
+from errors import register_error_handlers
+from logging_setup import configure_logging
+from middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from routes import auth, health, posts
+
+logger = logging.getLogger("blog")
+
+DESCRIPTION = """
+A blog backend: users, posts, comments and live updates.
+
+Errors always answer `{"detail": ..., "error_code": "UPPER_SNAKE"}`. Sign in with
+**Authorize** (OAuth2 password flow against `POST /auth/login`).
+"""
+
+
+class DatabaseUnavailable(SystemExit):
+    """Start-up cannot reach the database; exits non-zero without a traceback."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    settings.jwt_secret  # noqa: B018 - create or load the shared key before serving
+    database = Database(settings)
+    try:
+        await database.ping()
+    except Exception as exc:
+        await database.dispose()
+        logger.critical("cannot reach the database: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        raise DatabaseUnavailable(1) from None
+    app.state.database = database
+    if settings.first_admin_username and settings.first_admin_email and settings.first_admin_password:
+        async with database.sessionmaker() as session:
+            await crud.ensure_first_admin(
+                session,
+                settings.first_admin_username,
+                settings.first_admin_email,
+                settings.first_admin_password,
+            )
+    try:
+        yield
+    finally:
+        await database.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for the given (or the environment's) settings."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Blog API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+    )
+    app.state.settings = settings
+    register_error_handlers(app)
+    app.include_router(health.router)
+    # A bearer token that is sent but bad is refused everywhere, public routes included.
+    check_token = [Depends(get_optional_user)]
+    app.include_router(auth.router, dependencies=check_token)
+    app.include_router(posts.router, dependencies=check_token)
+    if settings.cors_origins:
+        wildcard = settings.cors_origins == ["*"]
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=not wildcard,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["ETag", "Link", "Location", "X-Total-Count", "X-Request-ID"],
+        )
+    app.add_middleware(BodySizeLimitMiddleware)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def _app_from_environment() -> FastAPI:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+app = _app_from_environment()

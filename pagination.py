@@ -1,0 +1,70 @@
+"""Opaque keyset cursors: the sort they were made for plus the last row's sort key and id."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from errors import InvalidCursor
+
+
+@dataclass(frozen=True)
+class Cursor:
+    sort: str
+    value: str | int | None
+    id: int
+
+    def encode(self) -> str:
+        raw = json.dumps([self.sort, self.value, self.id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str, expected_sort: str) -> Cursor:
+        """Parse a client's cursor; INVALID_CURSOR for garbage or another sort's cursor."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            sort, value, row_id = json.loads(raw)
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+            raise InvalidCursor("The cursor is not one this service issued") from None
+        if not isinstance(sort, str) or not isinstance(row_id, int) or isinstance(row_id, bool):
+            raise InvalidCursor("The cursor is not one this service issued")
+        if sort != expected_sort:
+            raise InvalidCursor(f"The cursor was made for sort={sort}, not sort={expected_sort}")
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise InvalidCursor("The cursor is not one this service issued")
+        return cls(sort, value, row_id)
+
+    def datetime_value(self) -> datetime:
+        try:
+            assert isinstance(self.value, str)
+            parsed = datetime.fromisoformat(self.value)
+        except (AssertionError, ValueError):
+            raise InvalidCursor("The cursor is not one this service issued") from None
+        if parsed.tzinfo is None:
+            raise InvalidCursor("The cursor is not one this service issued")
+        return parsed
+
+    def str_value(self) -> str:
+        if not isinstance(self.value, str):
+            raise InvalidCursor("The cursor is not one this service issued")
+        return self.value
+
+
+def next_link(path: str, params: dict[str, Any], cursor: Cursor) -> str:
+    """The `Link` header value for the next page: same filters, the new cursor."""
+    query = {k: _param(v) for k, v in params.items() if v is not None}
+    query["cursor"] = cursor.encode()
+    return f'<{path}?{urlencode(query)}>; rel="next"'
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)

@@ -1,0 +1,52 @@
+"""Registration, login and the caller's own account."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+import crud
+from deps import CurrentUser, SessionDep, SettingsDep
+from schemas import ErrorResponse, Token, UserCreate, UserRead
+from security import create_access_token
+
+router = APIRouter(tags=["auth"])
+
+
+@router.post(
+    "/auth/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserRead,
+    operation_id="register",
+    responses={409: {"model": ErrorResponse, "description": "USERNAME_TAKEN or EMAIL_TAKEN"}},
+)
+async def register(data: UserCreate, session: SessionDep) -> object:
+    """Create an account."""
+    return await crud.create_user(session, data)
+
+
+@router.post(
+    "/auth/login",
+    response_model=Token,
+    operation_id="login",
+    responses={401: {"model": ErrorResponse, "description": "INVALID_CREDENTIALS"}},
+)
+async def login(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Token:
+    """Exchange a username and password for a bearer token (OAuth2 password flow)."""
+    user = await crud.authenticate(session, form.username, form.password)
+    token, expires_in = create_access_token(
+        user.id, settings.jwt_secret, settings.access_token_expire_minutes
+    )
+    return Token(access_token=token, expires_in=expires_in)
+
+
+@router.get("/users/me", response_model=UserRead, operation_id="read_me")
+async def read_me(user: CurrentUser) -> object:
+    """The signed-in caller."""
+    return user

@@ -1,0 +1,215 @@
+"""Posts: list, read, write, publish."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+import crud
+from deps import CurrentUser, OptionalUser, SessionDep
+from errors import InvalidQuery, NotAuthenticated, PreconditionFailed
+from models import Post
+from pagination import next_link
+from schemas import PostCreate, PostFilters, PostRead, PostSort, PostUpdate
+
+router = APIRouter(prefix="/posts", tags=["posts"])
+
+
+def etag_of(post: Post) -> str:
+    """A strong validator that changes with every change of the post."""
+    return f'"{post.id}-{post.version}"'
+
+
+def _listed_etags(header: str) -> list[str]:
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def expected_versions(if_match: str | None, post_id: int) -> set[int] | None:
+    """The versions an If-Match header accepts; None when it does not constrain (absent, `*`)."""
+    if if_match is None:
+        return None
+    tags = _listed_etags(if_match)
+    if "*" in tags:
+        return None
+    versions = set()
+    for tag in tags:
+        if not (tag.startswith('"') and tag.endswith('"')):
+            continue  # weak or malformed validators never match strongly
+        post_part, _, version = tag[1:-1].partition("-")
+        if post_part == str(post_id) and version.isdigit():
+            versions.add(int(version))
+    if not versions:
+        raise PreconditionFailed()
+    return versions
+
+
+def _post_response(post: Post, response: Response) -> PostRead:
+    response.headers["ETag"] = etag_of(post)
+    return PostRead.model_validate(post)
+
+
+IfMatch = Annotated[
+    str | None,
+    Header(description="An ETag from GET /posts/{id}; the write happens only if it still matches."),
+]
+
+
+@router.get("", response_model=list[PostRead], operation_id="list_posts")
+async def list_posts(
+    response: Response,
+    session: SessionDep,
+    viewer: OptionalUser,
+    skip: Annotated[int | None, Query(ge=0, description="Offset; not with `cursor`.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    count: Annotated[bool, Query(description="Also answer X-Total-Count.")] = False,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="From the previous page's Link header.")
+    ] = None,
+    author: Annotated[
+        str | None, Query(min_length=1, max_length=50, description="Username substring.")
+    ] = None,
+    min_date: Annotated[datetime | None, Query(description="created_at ≥ this (UTC if naive).")] = None,
+    max_date: Annotated[datetime | None, Query(description="created_at ≤ this (UTC if naive).")] = None,
+    q: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="Full-text search.")
+    ] = None,
+    published: Annotated[
+        bool, Query(description="false: your own drafts (admins: all drafts); needs a token.")
+    ] = True,
+    sort: PostSort = PostSort.CREATED_DESC,
+) -> list[PostRead]:
+    """List posts, newest first by default, with filters, search and paging."""
+    if cursor is not None and skip is not None:
+        raise InvalidQuery(["query", "skip"], "skip cannot be combined with cursor")
+    if cursor is not None and count:
+        raise InvalidQuery(["query", "count"], "count cannot be combined with cursor")
+    if not published and viewer is None:
+        raise NotAuthenticated("Sign in to list drafts")
+    filters = PostFilters(
+        author=author,
+        min_date=crud.as_utc(min_date) if min_date else None,
+        max_date=crud.as_utc(max_date) if max_date else None,
+        q=q,
+        published=published,
+        sort=sort,
+    )
+    if filters.min_date and filters.max_date and filters.min_date > filters.max_date:
+        raise InvalidQuery(["query", "min_date"], "min_date must not be after max_date")
+    page = await crud.list_posts(
+        session, viewer, filters, skip=skip or 0, limit=limit, cursor=cursor, with_count=count
+    )
+    if page.total is not None:
+        response.headers["X-Total-Count"] = str(page.total)
+    if page.next_cursor is not None:
+        params: dict[str, Any] = {"limit": limit, **filters.model_dump()}
+        params["published"] = None if published else False
+        params["sort"] = sort.value
+        response.headers["Link"] = next_link("/posts", params, page.next_cursor)
+    return [PostRead.model_validate(post) for post in page.posts]
+
+
+@router.get(
+    "/{post_id}",
+    response_model=PostRead,
+    operation_id="get_post",
+    responses={304: {"description": "If-None-Match matched the current ETag."}},
+)
+async def get_post(
+    post_id: int,
+    response: Response,
+    session: SessionDep,
+    viewer: OptionalUser,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Read one post; drafts only for their owner and admins."""
+    post = await crud.get_visible_post(session, post_id, viewer)
+    etag = etag_of(post)
+    if if_none_match is not None and (
+        etag in _listed_etags(if_none_match) or if_none_match.strip() == "*"
+    ):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    return _post_response(post, response)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PostRead,
+    operation_id="create_post",
+)
+async def create_post(
+    data: PostCreate, response: Response, session: SessionDep, user: CurrentUser
+) -> PostRead:
+    """Create a post; its title must be unique (case-insensitively)."""
+    post = await crud.create_post(session, user, data)
+    response.headers["Location"] = f"/posts/{post.id}"
+    return _post_response(post, response)
+
+
+async def _update(
+    post_id: int,
+    data: PostUpdate,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    if_match: str | None,
+) -> PostRead:
+    changes = data.model_dump(exclude_unset=True)
+    versions = expected_versions(if_match, post_id)
+    post = await crud.update_post(session, post_id, user, changes, versions)
+    return _post_response(post, response)
+
+
+@router.put("/{post_id}", response_model=PostRead, operation_id="replace_post")
+async def put_post(
+    post_id: int,
+    data: PostUpdate,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    if_match: IfMatch = None,
+) -> PostRead:
+    """Update a post; only the fields sent change (same as PATCH)."""
+    return await _update(post_id, data, response, session, user, if_match)
+
+
+@router.patch("/{post_id}", response_model=PostRead, operation_id="update_post")
+async def patch_post(
+    post_id: int,
+    data: PostUpdate,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    if_match: IfMatch = None,
+) -> PostRead:
+    """Update some fields of a post."""
+    return await _update(post_id, data, response, session, user, if_match)
+
+
+@router.delete(
+    "/{post_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    operation_id="delete_post",
+)
+async def delete_post(
+    post_id: int, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+) -> None:
+    """Delete a post and its comments."""
+    await crud.delete_post(session, post_id, user, expected_versions(if_match, post_id))
+
+
+@router.post("/{post_id}/publish", response_model=PostRead, operation_id="publish_post")
+async def publish_post(
+    post_id: int,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    if_match: IfMatch = None,
+) -> PostRead:
+    """Publish a draft (a published post is returned unchanged)."""
+    versions = expected_versions(if_match, post_id)
+    post = await crud.update_post(session, post_id, user, {"published": True}, versions)
+    return _post_response(post, response)

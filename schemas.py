@@ -1,0 +1,132 @@
+"""Pydantic schemas at the HTTP boundary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Username = Annotated[str, StringConstraints(min_length=3, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$")]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)
+]
+Content = Annotated[str, StringConstraints(min_length=1, max_length=100_000), AfterValidator(_not_blank)]
+CommentText = Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_not_blank)]
+
+
+class ErrorResponse(BaseModel):
+    """The envelope of every error answer."""
+
+    detail: str | list[dict[str, Any]]
+    error_code: str = Field(examples=["POST_NOT_FOUND"])
+    request_id: str | None = Field(default=None, description="Only on 500 answers.")
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+class UserCreate(BaseModel):
+    username: Username = Field(examples=["alice"])
+    email: EmailStr = Field(examples=["alice@example.com"])
+    password: Password = Field(examples=["correct horse battery"])
+
+    @field_validator("email")
+    @classmethod
+    def _lower_email(cls, value: str) -> str:
+        return value.lower()
+
+
+class UserRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    email: str
+    role: Literal["user", "admin"]
+    created_at: AwareDatetime
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Seconds until the token expires.")
+
+
+# --- posts -----------------------------------------------------------------------------------
+
+
+class PostCreate(BaseModel):
+    title: Title = Field(examples=["Hello, world"])
+    content: Content = Field(examples=["My first post."])
+    published: bool = True
+
+
+class PostUpdate(BaseModel):
+    """Every field optional: only the fields sent change."""
+
+    title: Title | None = None
+    content: Content | None = None
+    published: bool | None = None
+
+    @field_validator("title", "content", "published", mode="before")
+    @classmethod
+    def _null_is_not_a_value(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must not be null; leave the field out to keep it")
+        return value
+
+
+class PostRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    title: str
+    content: str
+    author: str = Field(description="The author's username.")
+    author_id: int
+    published: bool
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+
+class PostSort(StrEnum):
+    CREATED_DESC = "-created_at"
+    CREATED_ASC = "created_at"
+    UPDATED_DESC = "-updated_at"
+    UPDATED_ASC = "updated_at"
+    TITLE_ASC = "title"
+    TITLE_DESC = "-title"
+
+
+class PostFilters(BaseModel):
+    """The list filters, validated; the next-page link repeats them."""
+
+    author: str | None = None
+    min_date: datetime | None = None
+    max_date: datetime | None = None
+    q: str | None = None
+    published: bool = True
+    sort: PostSort = PostSort.CREATED_DESC
+
+
+class Status(BaseModel):
+    status: str = "ok"
