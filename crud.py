@@ -9,8 +9,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, false, func, literal, literal_column, or_
-from sqlalchemy import select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    delete,
+    false,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
@@ -76,7 +88,9 @@ async def authenticate(session: AsyncSession, username: str, password: str) -> U
     return user
 
 
-async def ensure_first_admin(session: AsyncSession, username: str, email: str, password: str) -> None:
+async def ensure_first_admin(
+    session: AsyncSession, username: str, email: str, password: str
+) -> None:
     """Create the configured admin unless a user of that name exists; never fatal."""
     if await get_user_by_username(session, username) is not None:
         return
@@ -87,7 +101,9 @@ async def ensure_first_admin(session: AsyncSession, username: str, email: str, p
     except UsernameTaken:
         pass  # another worker created it first
     except EmailTaken:
-        logger.error("first admin %s not created: email %s belongs to another user", username, email)
+        logger.error(
+            "first admin %s not created: email %s belongs to another user", username, email
+        )
     except ValueError as exc:
         logger.error("first admin %s not created: %s", username, exc)
 
@@ -236,7 +252,7 @@ def _like_pattern(fragment: str) -> str:
 
 def _search_condition(session: AsyncSession, q: str) -> ColumnElement[bool]:
     if session.get_bind().dialect.name == "postgresql":
-        document = literal_column(POST_SEARCH_DOCUMENT)
+        document: ColumnElement[Any] = literal_column(POST_SEARCH_DOCUMENT)
         return document.op("@@")(func.plainto_tsquery(literal_column("'english'"), q))
     tokens = _FTS_TOKEN.findall(q)
     if not tokens:
@@ -250,7 +266,7 @@ def _search_condition(session: AsyncSession, q: str) -> ColumnElement[bool]:
 
 def _filtered_posts(
     session: AsyncSession, viewer: User | None, filters: PostFilters
-) -> Select[tuple[Post]]:
+) -> Select[Post]:
     query = select(Post)
     if filters.published:
         query = query.where(Post.published.is_(True))

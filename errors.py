@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -132,7 +133,7 @@ def error_response(
     status_code: int,
     detail: Any,
     error_code: str,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = {"detail": detail, "error_code": error_code}
     return JSONResponse(jsonable_encoder(body), status_code=status_code, headers=headers)

@@ -16,6 +16,7 @@ from deps import get_optional_user
 from errors import register_error_handlers
 from logging_setup import configure_logging
 from middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from redis_backend import RedisBackend
 from routes import auth, health, posts
 
 logger = logging.getLogger("blog")
@@ -41,10 +42,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.ping()
     except Exception as exc:
         await database.dispose()
-        logger.critical("cannot reach the database: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        logger.critical(
+            "cannot reach the database: %s", str(exc).splitlines()[0] if str(exc) else exc
+        )
         raise DatabaseUnavailable(1) from None
     app.state.database = database
-    if settings.first_admin_username and settings.first_admin_email and settings.first_admin_password:
+    app.state.redis = RedisBackend(settings.redis_url) if settings.redis_url else None
+    if (
+        settings.first_admin_username
+        and settings.first_admin_email
+        and settings.first_admin_password
+    ):
         async with database.sessionmaker() as session:
             await crud.ensure_first_admin(
                 session,
@@ -55,6 +63,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if app.state.redis is not None:
+            await app.state.redis.close()
         await database.dispose()
 
 

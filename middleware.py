@@ -27,7 +27,7 @@ def incoming_request_id(scope: Scope) -> str:
     """The client's X-Request-ID when it is sane, else a fresh one."""
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if REQUEST_ID_PATTERN.match(candidate):
                 return candidate
             break

@@ -63,9 +63,7 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (
-        Index("uq_users_username_lower", func.lower(text("username")), unique=True),
-    )
+    __table_args__ = (Index("uq_users_username_lower", func.lower(text("username")), unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(50))
@@ -83,9 +81,9 @@ class Post(Base):
         Index("ix_posts_published_updated", "published", "updated_at", "id"),
         Index("ix_posts_published_title", "published", "title", "id"),
         Index("ix_posts_author_created", "author_id", "created_at", "id"),
-        Index(
-            "ix_posts_search", text(POST_SEARCH_DOCUMENT), postgresql_using="gin"
-        ).ddl_if(dialect="postgresql"),
+        Index("ix_posts_search", text(POST_SEARCH_DOCUMENT), postgresql_using="gin").ddl_if(
+            dialect="postgresql"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -24,13 +24,17 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Username = Annotated[str, StringConstraints(min_length=3, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$")]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
-Title = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)
+Username = Annotated[
+    str, StringConstraints(min_length=3, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$")
 ]
-Content = Annotated[str, StringConstraints(min_length=1, max_length=100_000), AfterValidator(_not_blank)]
-CommentText = Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_not_blank)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Content = Annotated[
+    str, StringConstraints(min_length=1, max_length=100_000), AfterValidator(_not_blank)
+]
+CommentText = Annotated[
+    str, StringConstraints(min_length=1, max_length=500), AfterValidator(_not_blank)
+]
 
 
 class ErrorResponse(BaseModel):

@@ -24,7 +24,9 @@ def database_url() -> str:
     return normalize_database_url(url) if url else Settings().database_url
 
 
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
     """Leave SQLite's FTS5 tables (maintained by triggers, not models) out of comparisons."""
     return not (type_ == "table" and name is not None and name.startswith("posts_fts"))
 

@@ -70,8 +70,12 @@ async def list_posts(
     author: Annotated[
         str | None, Query(min_length=1, max_length=50, description="Username substring.")
     ] = None,
-    min_date: Annotated[datetime | None, Query(description="created_at ≥ this (UTC if naive).")] = None,
-    max_date: Annotated[datetime | None, Query(description="created_at ≤ this (UTC if naive).")] = None,
+    min_date: Annotated[
+        datetime | None, Query(description="created_at ≥ this (UTC if naive).")
+    ] = None,
+    max_date: Annotated[
+        datetime | None, Query(description="created_at ≤ this (UTC if naive).")
+    ] = None,
     q: Annotated[
         str | None, Query(min_length=1, max_length=200, description="Full-text search.")
     ] = None,

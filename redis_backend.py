@@ -1,0 +1,87 @@
+"""The shared Redis connection and its outage bookkeeping.
+
+Every Redis-backed mechanism (cache, rate limits, fan-out) calls Redis through `RedisBackend` so
+that an outage is noticed once, logged once, counted, and retried on its own after a pause:
+while Redis is down the mechanisms use their in-process fallback instead of failing requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger("blog.redis")
+
+T = TypeVar("T")
+
+RETRY_AFTER_SECONDS = 2.0
+SOCKET_TIMEOUT_SECONDS = 0.5
+
+FallbackListener = Callable[[str], None]
+
+
+class RedisBackend:
+    """One Redis client per process plus whether it is believed to be reachable."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client: Redis = Redis.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+            health_check_interval=10,
+        )
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self.fallback_listeners: list[FallbackListener] = []
+
+    @property
+    def available(self) -> bool:
+        """False during an outage, until the next retry is due."""
+        return self._down_since is None or time.monotonic() >= self._retry_at
+
+    def mark_failed(self, component: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            logger.warning("redis unreachable (%s: %s); using in-process fallbacks", component, exc)
+        self._retry_at = now + RETRY_AFTER_SECONDS
+        for listener in self.fallback_listeners:
+            listener(component)
+
+    def mark_ok(self) -> None:
+        if self._down_since is not None:
+            logger.warning(
+                "redis reachable again after %.1fs; shared mode restored",
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+
+    async def call(
+        self,
+        component: str,
+        operation: Callable[[Redis], Awaitable[T]],
+        fallback: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Run `operation` on Redis, or `fallback` when Redis is (or just went) down."""
+        if not self.available:
+            return await fallback()
+        try:
+            result = await operation(self.client)
+        except (RedisError, OSError) as exc:
+            self.mark_failed(component, exc)
+            return await fallback()
+        self.mark_ok()
+        return result
+
+    async def ping(self) -> bool:
+        await self.client.ping()  # type: ignore[misc]
+        return True
+
+    async def close(self) -> None:
+        await self.client.aclose()
