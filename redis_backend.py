@@ -80,7 +80,7 @@ class RedisBackend:
         return result
 
     async def ping(self) -> bool:
-        await self.client.ping()  # type: ignore[misc]
+        await self.client.ping()
         return True
 
     async def close(self) -> None:
