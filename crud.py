@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 import security
 from errors import (
+    CommentNotFound,
     EmailTaken,
     InsufficientPermissions,
     InvalidCredentials,
@@ -37,7 +38,7 @@ from errors import (
     PreconditionFailed,
     UsernameTaken,
 )
-from models import POST_SEARCH_DOCUMENT, Post, User, UTCDateTime, utcnow
+from models import POST_SEARCH_DOCUMENT, Comment, Post, User, UTCDateTime, utcnow
 from pagination import Cursor
 from schemas import PostCreate, PostFilters, PostSort, UserCreate
 
@@ -169,15 +170,17 @@ async def update_post(
     viewer: User,
     changes: dict[str, Any],
     expected_versions: Versions = None,
-) -> Post:
-    """Apply the fields sent; `updated_at` and the version move only when something changed.
+) -> tuple[Post, dict[str, Any]]:
+    """Apply the fields sent; returns the post and the fields that really changed.
+
+    `updated_at` and the version move only when something changed.
 
     With `expected_versions` (from If-Match) the write is a compare-and-set in one statement.
     """
     post = await _get_writable_post(session, post_id, viewer, expected_versions)
     changed = {field: value for field, value in changes.items() if getattr(post, field) != value}
     if not changed:
-        return post
+        return post, changed
     now = utcnow()
     statement = (
         update(Post)
@@ -202,7 +205,7 @@ async def update_post(
         setattr(post, field, value)
     post.updated_at = now
     post.version = new_version
-    return post
+    return post, changed
 
 
 async def delete_post(
@@ -327,3 +330,68 @@ async def list_posts(
 def as_utc(value: datetime) -> datetime:
     """A client's timestamp: no offset means UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# --- comments --------------------------------------------------------------------------------
+
+COMMENTS_SORT = "comments"
+
+
+@dataclass
+class CommentPage:
+    comments: list[Comment]
+    next_cursor: Cursor | None
+
+
+async def list_comments(
+    session: AsyncSession,
+    post_id: int,
+    viewer: User | None,
+    *,
+    skip: int = 0,
+    limit: int = 10,
+    cursor: str | None = None,
+) -> CommentPage:
+    """A post's comments, oldest first, for anyone who may see the post."""
+    await get_visible_post(session, post_id, viewer)
+    query = select(Comment).where(Comment.post_id == post_id)
+    if cursor is not None:
+        after = Cursor.decode(cursor, COMMENTS_SORT)
+        edge = tuple_(literal(after.datetime_value(), type_=UTCDateTime()), literal(after.id))
+        query = query.where(tuple_(Comment.created_at, Comment.id) > edge)
+    query = query.order_by(Comment.created_at, Comment.id).offset(skip).limit(limit + 1)
+    comments = list((await session.execute(query)).scalars().all())
+    next_cursor = None
+    if len(comments) > limit:
+        comments = comments[:limit]
+        last = comments[-1]
+        next_cursor = Cursor(COMMENTS_SORT, last.created_at.isoformat(), last.id)
+    return CommentPage(comments, next_cursor)
+
+
+async def create_comment(
+    session: AsyncSession, post_id: int, author: User, text: str, *, commit: bool = True
+) -> tuple[Comment, Post]:
+    """Add a comment to a post the author may see; returns it with its post."""
+    post = await get_visible_post(session, post_id, author)
+    comment = Comment(post_id=post.id, author_id=author.id, owner=author, text=text)
+    session.add(comment)
+    await session.flush()
+    if commit:
+        await session.commit()
+    return comment, post
+
+
+async def delete_comment(
+    session: AsyncSession, post_id: int, comment_id: int, viewer: User
+) -> None:
+    """Comment author, post owner and admins may delete; others 403."""
+    post = await get_visible_post(session, post_id, viewer)
+    query = select(Comment).where(Comment.id == comment_id, Comment.post_id == post.id)
+    comment = (await session.execute(query)).scalar_one_or_none()
+    if comment is None:
+        raise CommentNotFound()
+    if not (comment.author_id == viewer.id or _can_write(viewer, post)):
+        raise InsufficientPermissions()
+    await session.execute(delete(Comment).where(Comment.id == comment.id))
+    await session.commit()

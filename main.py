@@ -13,11 +13,16 @@ import crud
 from config import Settings, get_settings
 from database import Database
 from deps import get_optional_user
+from effects import Effects
 from errors import register_error_handlers
 from logging_setup import configure_logging
 from middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from notifications import Notifier
+from ratelimit import RateLimitMiddleware
+from realtime import create_hub
 from redis_backend import RedisBackend
-from routes import auth, health, posts
+from routes import auth, comments, health, posts
+from routes import realtime as realtime_routes
 
 logger = logging.getLogger("blog")
 
@@ -48,6 +53,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise DatabaseUnavailable(1) from None
     app.state.database = database
     app.state.redis = RedisBackend(settings.redis_url) if settings.redis_url else None
+    app.state.hub = create_hub(app.state.redis)
+    await app.state.hub.start()
+    app.state.notifier = Notifier(settings)
+    app.state.effects = Effects(app.state.hub, app.state.notifier)
     if (
         settings.first_admin_username
         and settings.first_admin_email
@@ -63,6 +72,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app.state.hub.stop()
+        await app.state.notifier.drain(settings.smtp_timeout_seconds)
         if app.state.redis is not None:
             await app.state.redis.close()
         await database.dispose()
@@ -87,6 +98,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     check_token = [Depends(get_optional_user)]
     app.include_router(auth.router, dependencies=check_token)
     app.include_router(posts.router, dependencies=check_token)
+    app.include_router(comments.router, dependencies=check_token)
+    app.include_router(realtime_routes.router)
+    # Inside CORS (so 429s carry CORS headers) and RequestContext (so they carry X-Request-ID).
+    app.add_middleware(RateLimitMiddleware, settings=settings)
     if settings.cors_origins:
         wildcard = settings.cors_origins == ["*"]
         app.add_middleware(
@@ -95,7 +110,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_credentials=not wildcard,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["ETag", "Link", "Location", "X-Total-Count", "X-Request-ID"],
+            expose_headers=[
+                "ETag",
+                "Link",
+                "Location",
+                "X-Total-Count",
+                "X-Request-ID",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ],
         )
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(RequestContextMiddleware)

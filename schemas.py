@@ -134,3 +134,21 @@ class PostFilters(BaseModel):
 
 class Status(BaseModel):
     status: str = "ok"
+
+
+# --- comments --------------------------------------------------------------------------------
+
+
+class CommentCreate(BaseModel):
+    text: CommentText = Field(examples=["Nice post!"])
+
+
+class CommentRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    post_id: int
+    text: str
+    author: str = Field(description="The author's username.")
+    author_id: int
+    created_at: AwareDatetime

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 import crud
 from deps import CurrentUser, OptionalUser, SessionDep
+from effects import EffectsDep
 from errors import InvalidQuery, NotAuthenticated, PreconditionFailed
 from models import Post
 from pagination import next_link
@@ -144,10 +145,15 @@ async def get_post(
     operation_id="create_post",
 )
 async def create_post(
-    data: PostCreate, response: Response, session: SessionDep, user: CurrentUser
+    data: PostCreate,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    effects: EffectsDep,
 ) -> PostRead:
     """Create a post; its title must be unique (case-insensitively)."""
     post = await crud.create_post(session, user, data)
+    await effects.post_created(post)
     response.headers["Location"] = f"/posts/{post.id}"
     return _post_response(post, response)
 
@@ -158,11 +164,13 @@ async def _update(
     response: Response,
     session: SessionDep,
     user: CurrentUser,
+    effects: EffectsDep,
     if_match: str | None,
 ) -> PostRead:
     changes = data.model_dump(exclude_unset=True)
     versions = expected_versions(if_match, post_id)
-    post = await crud.update_post(session, post_id, user, changes, versions)
+    post, changed = await crud.update_post(session, post_id, user, changes, versions)
+    await effects.post_changed(post, changed)
     return _post_response(post, response)
 
 
@@ -173,10 +181,11 @@ async def put_post(
     response: Response,
     session: SessionDep,
     user: CurrentUser,
+    effects: EffectsDep,
     if_match: IfMatch = None,
 ) -> PostRead:
     """Update a post; only the fields sent change (same as PATCH)."""
-    return await _update(post_id, data, response, session, user, if_match)
+    return await _update(post_id, data, response, session, user, effects, if_match)
 
 
 @router.patch("/{post_id}", response_model=PostRead, operation_id="update_post")
@@ -186,10 +195,11 @@ async def patch_post(
     response: Response,
     session: SessionDep,
     user: CurrentUser,
+    effects: EffectsDep,
     if_match: IfMatch = None,
 ) -> PostRead:
     """Update some fields of a post."""
-    return await _update(post_id, data, response, session, user, if_match)
+    return await _update(post_id, data, response, session, user, effects, if_match)
 
 
 @router.delete(
@@ -199,10 +209,15 @@ async def patch_post(
     operation_id="delete_post",
 )
 async def delete_post(
-    post_id: int, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+    post_id: int,
+    session: SessionDep,
+    user: CurrentUser,
+    effects: EffectsDep,
+    if_match: IfMatch = None,
 ) -> None:
     """Delete a post and its comments."""
     await crud.delete_post(session, post_id, user, expected_versions(if_match, post_id))
+    await effects.post_deleted(post_id)
 
 
 @router.post("/{post_id}/publish", response_model=PostRead, operation_id="publish_post")
@@ -211,9 +226,11 @@ async def publish_post(
     response: Response,
     session: SessionDep,
     user: CurrentUser,
+    effects: EffectsDep,
     if_match: IfMatch = None,
 ) -> PostRead:
     """Publish a draft (a published post is returned unchanged)."""
     versions = expected_versions(if_match, post_id)
-    post = await crud.update_post(session, post_id, user, {"published": True}, versions)
+    post, changed = await crud.update_post(session, post_id, user, {"published": True}, versions)
+    await effects.post_changed(post, changed)
     return _post_response(post, response)

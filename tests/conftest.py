@@ -265,3 +265,55 @@ async def create_post(
 @pytest.fixture(scope="session")
 def root_dir() -> Iterator[Path]:
     yield ROOT
+
+
+class LiveServer:
+    """The app served by a real uvicorn server inside the test's event loop."""
+
+    def __init__(self, app: FastAPI, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.http_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """A real HTTP + WebSocket server (uvicorn, in this process) for the test's settings."""
+    import asyncio
+
+    import uvicorn
+
+    application = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        application,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws="websockets-sansio",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield LiveServer(application, port)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=10)

@@ -1,0 +1,58 @@
+"""What follows an acknowledged write: live events and notifications (and, for posts, the
+cache), in one place so that no write path forgets one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from models import Comment, Post
+from notifications import Notifier
+from realtime import LocalHub
+from schemas import CommentRead, PostRead
+
+
+class Effects:
+    def __init__(self, hub: LocalHub, notifier: Notifier) -> None:
+        self.hub = hub
+        self.notifier = notifier
+
+    async def post_created(self, post: Post) -> None:
+        if post.published:
+            self.notifier.post_published(post.title, post.id)
+
+    async def post_changed(self, post: Post, changed: dict[str, Any]) -> None:
+        """After an update or publish: tell live sockets; a fresh publication is mailed."""
+        if not changed:
+            return
+        event = {
+            "type": "post_updated",
+            "post": PostRead.model_validate(post).model_dump(mode="json"),
+        }
+        await self.hub.publish(post.id, event)
+        if changed.get("published") is True:
+            self.notifier.post_published(post.title, post.id)
+
+    async def post_deleted(self, post_id: int) -> None:
+        await self.hub.publish(post_id, {"type": "post_deleted", "post_id": post_id})
+
+    async def comment_created(self, comment: Comment, post: Post) -> None:
+        data = CommentRead.model_validate(comment).model_dump(mode="json")
+        await self.hub.publish(post.id, {"type": "comment_created", "comment": data})
+        if post.author_id != comment.author_id:
+            self.notifier.comment_created(
+                post.owner.email, post.title, post.id, comment.author, comment.text
+            )
+
+    async def comment_deleted(self, post_id: int, comment_id: int) -> None:
+        await self.hub.publish(post_id, {"type": "comment_deleted", "comment_id": comment_id})
+
+
+def get_effects(connection: HTTPConnection) -> Effects:
+    effects: Effects = connection.app.state.effects
+    return effects
+
+
+EffectsDep = Annotated[Effects, Depends(get_effects)]

@@ -1,0 +1,209 @@
+"""Live updates: sockets per post and the fan-out of events to every worker process.
+
+`LocalHub` delivers to the sockets this process holds. `RedisHub` publishes every event on one
+Redis channel and each worker holds a single subscription to it, delivering to its own sockets;
+when Redis is down it falls back to local delivery and resubscribes once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocket, WebSocketState
+
+from redis_backend import RedisBackend
+
+logger = logging.getLogger("blog.realtime")
+
+CHANNEL = "blog:events"
+SEND_QUEUE_SIZE = 64
+MESSAGES_PER_SECOND = 5
+MAX_MESSAGE_CHARS = 1000
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+
+
+@dataclass(eq=False)
+class LiveSocket:
+    """One client socket: who it is and a bounded queue drained by its own sender task."""
+
+    websocket: WebSocket
+    post_id: int
+    user_id: int | None
+    username: str | None
+    is_admin: bool
+    queue: asyncio.Queue[tuple[str, Any]] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=SEND_QUEUE_SIZE)
+    )
+    sent_at: deque[float] = field(default_factory=lambda: deque(maxlen=MESSAGES_PER_SECOND))
+    closing: bool = False
+
+    def may_see_draft(self, author_id: int) -> bool:
+        return self.is_admin or self.user_id == author_id
+
+    def offer(self, event: dict[str, Any]) -> None:
+        """Queue an event without waiting; a socket that cannot keep up is closed."""
+        if self.closing:
+            return
+        try:
+            self.queue.put_nowait(("send", event))
+        except asyncio.QueueFull:
+            self.close_soon(CLOSE_TRY_AGAIN, "too slow")
+
+    def close_soon(self, code: int, reason: str = "") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while self.queue.full():
+                self.queue.get_nowait()
+        self.queue.put_nowait(("close", (code, reason)))
+
+    def allow_message(self) -> bool:
+        """A per-socket rate limit on client messages (sliding one-second window)."""
+        now = time.monotonic()
+        if len(self.sent_at) == self.sent_at.maxlen and now - self.sent_at[0] < 1.0:
+            return False
+        self.sent_at.append(now)
+        return True
+
+    async def run_sender(self) -> None:
+        """Drain the queue onto the socket until told to close or the socket dies."""
+        try:
+            while True:
+                kind, payload = await self.queue.get()
+                if kind == "close":
+                    code, reason = payload
+                    await self.websocket.close(code=code, reason=reason)
+                    return
+                await self.websocket.send_text(json.dumps(payload))
+        except Exception:  # the peer went away; the receive loop notices and cleans up
+            self.closing = True
+            if self.websocket.application_state != WebSocketState.DISCONNECTED:
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(code=CLOSE_TRY_AGAIN)
+
+
+class LocalHub:
+    """The sockets this process holds, by post, and local delivery of events."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[int, set[LiveSocket]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for sockets in list(self.sockets.values()):
+            for socket in list(sockets):
+                socket.close_soon(1001, "server shutting down")
+
+    def add(self, socket: LiveSocket) -> None:
+        self.sockets.setdefault(socket.post_id, set()).add(socket)
+
+    def remove(self, socket: LiveSocket) -> None:
+        sockets = self.sockets.get(socket.post_id)
+        if sockets is not None:
+            sockets.discard(socket)
+            if not sockets:
+                del self.sockets[socket.post_id]
+
+    async def publish(self, post_id: int, event: dict[str, Any]) -> None:
+        """Deliver an event to every socket on the post, in every process this hub reaches."""
+        self.deliver(post_id, event)
+
+    def deliver(self, post_id: int, event: dict[str, Any]) -> None:
+        for socket in list(self.sockets.get(post_id, ())):
+            deliver_to(socket, event)
+
+
+def deliver_to(socket: LiveSocket, event: dict[str, Any]) -> None:
+    """One event to one socket, applying what the event means for that socket's viewer."""
+    kind = event["type"]
+    if kind == "post_deleted":
+        socket.offer(event)
+        socket.close_soon(CLOSE_NORMAL, "post deleted")
+        return
+    if kind == "post_updated":
+        post = event["post"]
+        if not post["published"] and not socket.may_see_draft(post["author_id"]):
+            socket.offer({"type": "post_deleted", "post_id": post["id"]})
+            socket.close_soon(CLOSE_POLICY, "post is no longer visible")
+            return
+    socket.offer(event)
+
+
+class RedisHub(LocalHub):
+    """Fan-out through one Redis pub/sub channel; one subscription per worker process."""
+
+    def __init__(self, redis: RedisBackend) -> None:
+        super().__init__()
+        self.redis = redis
+        self._listener: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="realtime-redis-listener")
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def publish(self, post_id: int, event: dict[str, Any]) -> None:
+        message = json.dumps({"post_id": post_id, "event": event})
+
+        async def shared(client: Any) -> None:
+            await client.publish(CHANNEL, message)
+
+        async def local() -> None:
+            self.deliver(post_id, event)
+
+        await self.redis.call("realtime", shared, local)
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub: PubSub = self.redis.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                self.subscribed.set()
+                self.redis.mark_ok()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.subscribed.clear()
+                self.redis.mark_failed("realtime", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "message":
+            return
+        try:
+            payload = json.loads(message["data"])
+            self.deliver(int(payload["post_id"]), payload["event"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a malformed fan-out message")
+
+
+def create_hub(redis: RedisBackend | None) -> LocalHub:
+    """The hub for this configuration: Redis fan-out when Redis is configured."""
+    return RedisHub(redis) if redis is not None else LocalHub()

@@ -1,0 +1,78 @@
+"""Comments on a post."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+import crud
+from deps import CurrentUser, OptionalUser, SessionDep
+from effects import EffectsDep
+from errors import InvalidQuery
+from pagination import next_link
+from schemas import CommentCreate, CommentRead
+
+router = APIRouter(prefix="/posts/{post_id}/comments", tags=["comments"])
+
+
+@router.get("", response_model=list[CommentRead], operation_id="list_comments")
+async def list_comments(
+    post_id: int,
+    response: Response,
+    session: SessionDep,
+    viewer: OptionalUser,
+    skip: Annotated[int | None, Query(ge=0, description="Offset; not with `cursor`.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="From the previous page's Link header.")
+    ] = None,
+) -> list[CommentRead]:
+    """A post's comments, oldest first."""
+    if cursor is not None and skip is not None:
+        raise InvalidQuery(["query", "skip"], "skip cannot be combined with cursor")
+    page = await crud.list_comments(
+        session, post_id, viewer, skip=skip or 0, limit=limit, cursor=cursor
+    )
+    if page.next_cursor is not None:
+        response.headers["Link"] = next_link(
+            f"/posts/{post_id}/comments", {"limit": limit}, page.next_cursor
+        )
+    return [CommentRead.model_validate(comment) for comment in page.comments]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CommentRead,
+    operation_id="create_comment",
+)
+async def create_comment(
+    post_id: int,
+    data: CommentCreate,
+    session: SessionDep,
+    user: CurrentUser,
+    effects: EffectsDep,
+) -> CommentRead:
+    """Comment on a post you may see."""
+    comment, post = await crud.create_comment(session, post_id, user, data.text)
+    await effects.comment_created(comment, post)
+    return CommentRead.model_validate(comment)
+
+
+@router.delete(
+    "/{comment_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    operation_id="delete_comment",
+)
+async def delete_comment(
+    post_id: int,
+    comment_id: int,
+    session: SessionDep,
+    user: CurrentUser,
+    effects: EffectsDep,
+) -> None:
+    """Delete a comment (its author, the post's owner, or an admin)."""
+    await crud.delete_comment(session, post_id, comment_id, user)
+    await effects.comment_deleted(post_id, comment_id)
