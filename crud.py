@@ -124,6 +124,11 @@ def _can_write(viewer: User, post: Post) -> bool:
     return viewer.role == "admin" or post.author_id == viewer.id
 
 
+async def get_post(session: AsyncSession, post_id: int) -> Post | None:
+    """A post whatever its visibility; callers decide who may see it."""
+    return (await session.execute(select(Post).where(Post.id == post_id))).scalar_one_or_none()
+
+
 async def get_visible_post(session: AsyncSession, post_id: int, viewer: User | None) -> Post:
     """The post if the viewer may see it; POST_NOT_FOUND exactly as if absent otherwise."""
     query = select(Post).where(Post.id == post_id, _visible_to(viewer))
@@ -144,7 +149,9 @@ async def _get_writable_post(
     return post
 
 
-async def create_post(session: AsyncSession, author: User, data: PostCreate) -> Post:
+async def create_post(
+    session: AsyncSession, author: User, data: PostCreate, *, commit: bool = True
+) -> Post:
     now = utcnow()
     post = Post(
         title=data.title,
@@ -157,10 +164,12 @@ async def create_post(session: AsyncSession, author: User, data: PostCreate) -> 
     )
     session.add(post)
     try:
-        await session.commit()
+        await session.flush()
     except IntegrityError:
         await session.rollback()
         raise PostTitleExists() from None
+    if commit:
+        await session.commit()
     return post
 
 

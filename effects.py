@@ -1,5 +1,5 @@
-"""What follows an acknowledged write: live events and notifications (and, for posts, the
-cache), in one place so that no write path forgets one."""
+"""What follows an acknowledged write (cache invalidation, live events, notifications), in one
+place so that no write path forgets one; and the cached read path it keeps fresh."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from cache import PostCache, PostReader
 from models import Comment, Post
 from notifications import Notifier
 from realtime import LocalHub
@@ -15,7 +16,8 @@ from schemas import CommentRead, PostRead
 
 
 class Effects:
-    def __init__(self, hub: LocalHub, notifier: Notifier) -> None:
+    def __init__(self, cache: PostCache, hub: LocalHub, notifier: Notifier) -> None:
+        self.cache = cache
         self.hub = hub
         self.notifier = notifier
 
@@ -27,6 +29,7 @@ class Effects:
         """After an update or publish: tell live sockets; a fresh publication is mailed."""
         if not changed:
             return
+        await self.cache.invalidate(post.id)
         event = {
             "type": "post_updated",
             "post": PostRead.model_validate(post).model_dump(mode="json"),
@@ -36,6 +39,7 @@ class Effects:
             self.notifier.post_published(post.title, post.id)
 
     async def post_deleted(self, post_id: int) -> None:
+        await self.cache.invalidate(post_id)
         await self.hub.publish(post_id, {"type": "post_deleted", "post_id": post_id})
 
     async def comment_created(self, comment: Comment, post: Post) -> None:
@@ -56,3 +60,11 @@ def get_effects(connection: HTTPConnection) -> Effects:
 
 
 EffectsDep = Annotated[Effects, Depends(get_effects)]
+
+
+def get_post_reader(connection: HTTPConnection) -> PostReader:
+    reader: PostReader = connection.app.state.post_reader
+    return reader
+
+
+PostReaderDep = Annotated[PostReader, Depends(get_post_reader)]

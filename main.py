@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import crud
+from cache import PostReader, create_post_cache
 from config import Settings, get_settings
 from database import Database
 from deps import get_optional_user
@@ -18,11 +19,15 @@ from errors import register_error_handlers
 from logging_setup import configure_logging
 from middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from notifications import Notifier
+from observability import ObservabilityMiddleware, record_redis_fallback
+from offline_docs import install_docs
 from ratelimit import RateLimitMiddleware
 from realtime import create_hub
 from redis_backend import RedisBackend
 from routes import auth, comments, health, posts
+from routes import metrics as metrics_routes
 from routes import realtime as realtime_routes
+from security_headers import SecurityHeadersMiddleware
 
 logger = logging.getLogger("blog")
 
@@ -53,10 +58,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise DatabaseUnavailable(1) from None
     app.state.database = database
     app.state.redis = RedisBackend(settings.redis_url) if settings.redis_url else None
+    if app.state.redis is not None:
+        app.state.redis.fallback_listeners.append(record_redis_fallback)
     app.state.hub = create_hub(app.state.redis)
     await app.state.hub.start()
     app.state.notifier = Notifier(settings)
-    app.state.effects = Effects(app.state.hub, app.state.notifier)
+    cache = create_post_cache(
+        app.state.redis, settings.cache_ttl_seconds, settings.cache_max_entries
+    )
+    app.state.post_reader = PostReader(cache, database.sessionmaker)
+    app.state.effects = Effects(cache, app.state.hub, app.state.notifier)
     if (
         settings.first_admin_username
         and settings.first_admin_email
@@ -87,19 +98,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
-        redoc_url="/redoc" if settings.docs_enabled else None,
+        docs_url=None,  # served from local assets by install_docs below
+        redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     app.state.settings = settings
     register_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)
     # A bearer token that is sent but bad is refused everywhere, public routes included.
     check_token = [Depends(get_optional_user)]
     app.include_router(auth.router, dependencies=check_token)
     app.include_router(posts.router, dependencies=check_token)
     app.include_router(comments.router, dependencies=check_token)
     app.include_router(realtime_routes.router)
+    if settings.docs_enabled:
+        install_docs(app)
     # Inside CORS (so 429s carry CORS headers) and RequestContext (so they carry X-Request-ID).
     app.add_middleware(RateLimitMiddleware, settings=settings)
     if settings.cors_origins:
@@ -123,7 +137,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     app.add_middleware(BodySizeLimitMiddleware)
+    # Inside RequestContext (whose request id it logs), outside the rest: 413s and 429s count.
+    app.add_middleware(ObservabilityMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    # Outermost, so the 500 that RequestContextMiddleware makes of a crash gets the headers too.
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 import crud
+import idempotency
 from deps import CurrentUser, OptionalUser, SessionDep
 from effects import EffectsDep
 from errors import InvalidQuery
+from idempotency import IdempotencyKey, answer_response
 from pagination import next_link
 from schemas import CommentCreate, CommentRead
 
@@ -50,14 +52,24 @@ async def list_comments(
 async def create_comment(
     post_id: int,
     data: CommentCreate,
+    request: Request,
     session: SessionDep,
     user: CurrentUser,
     effects: EffectsDep,
-) -> CommentRead:
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Comment on a post you may see."""
-    comment, post = await crud.create_comment(session, post_id, user, data.text)
-    await effects.comment_created(comment, post)
-    return CommentRead.model_validate(comment)
+
+    async def write() -> idempotency.Answer:
+        comment, post = await crud.create_comment(session, post_id, user, data.text, commit=False)
+        body = CommentRead.model_validate(comment).model_dump_json().encode()
+        return idempotency.Answer(201, body, created=(comment, post))
+
+    scope = await idempotency.scope_for(request, user, idempotency_key)
+    answer = await idempotency.run(session, scope, write)
+    if answer.created is not None:
+        await effects.comment_created(*answer.created)
+    return answer_response(answer)
 
 
 @router.delete(

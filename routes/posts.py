@@ -5,22 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 import crud
+import idempotency
+from cache import etag_of
 from deps import CurrentUser, OptionalUser, SessionDep
-from effects import EffectsDep
+from effects import EffectsDep, PostReaderDep
 from errors import InvalidQuery, NotAuthenticated, PreconditionFailed
+from idempotency import IdempotencyKey, answer_response
 from models import Post
 from pagination import next_link
 from schemas import PostCreate, PostFilters, PostRead, PostSort, PostUpdate
 
 router = APIRouter(prefix="/posts", tags=["posts"])
-
-
-def etag_of(post: Post) -> str:
-    """A strong validator that changes with every change of the post."""
-    return f'"{post.id}-{post.version}"'
 
 
 def _listed_etags(header: str) -> list[str]:
@@ -123,19 +121,18 @@ async def list_posts(
 )
 async def get_post(
     post_id: int,
-    response: Response,
-    session: SessionDep,
     viewer: OptionalUser,
+    reader: PostReaderDep,
     if_none_match: Annotated[str | None, Header()] = None,
-) -> Any:
-    """Read one post; drafts only for their owner and admins."""
-    post = await crud.get_visible_post(session, post_id, viewer)
-    etag = etag_of(post)
+) -> Response:
+    """Read one post (cached; `X-Cache: HIT|MISS`); drafts only for their owner and admins."""
+    entry, hit = await reader.read(post_id, viewer)
+    headers = {"ETag": entry.etag, "X-Cache": "HIT" if hit else "MISS"}
     if if_none_match is not None and (
-        etag in _listed_etags(if_none_match) or if_none_match.strip() == "*"
+        entry.etag in _listed_etags(if_none_match) or if_none_match.strip() == "*"
     ):
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-    return _post_response(post, response)
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(entry.body, media_type="application/json", headers=headers)
 
 
 @router.post(
@@ -143,19 +140,28 @@ async def get_post(
     status_code=status.HTTP_201_CREATED,
     response_model=PostRead,
     operation_id="create_post",
+    responses={201: {"headers": {"Location": {"description": "/posts/{id}"}}}},
 )
 async def create_post(
     data: PostCreate,
-    response: Response,
+    request: Request,
     session: SessionDep,
     user: CurrentUser,
     effects: EffectsDep,
-) -> PostRead:
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Create a post; its title must be unique (case-insensitively)."""
-    post = await crud.create_post(session, user, data)
-    await effects.post_created(post)
-    response.headers["Location"] = f"/posts/{post.id}"
-    return _post_response(post, response)
+
+    async def write() -> idempotency.Answer:
+        post = await crud.create_post(session, user, data, commit=False)
+        body = PostRead.model_validate(post).model_dump_json().encode()
+        return idempotency.Answer(201, body, f"/posts/{post.id}", created=post)
+
+    scope = await idempotency.scope_for(request, user, idempotency_key)
+    answer = await idempotency.run(session, scope, write)
+    if answer.created is not None:
+        await effects.post_created(answer.created)
+    return answer_response(answer)
 
 
 async def _update(

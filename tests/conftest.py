@@ -28,6 +28,23 @@ TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "password123"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def cheap_password_hashing() -> Iterator[None]:
+    """Argon2 at its production cost takes a large share of a second per hash; tests of
+    behaviour use the same algorithm with minimal cost (subprocess servers keep the real one)."""
+    import security
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    original = security.password_hasher, security.DUMMY_PASSWORD_HASH
+    security.password_hasher = PasswordHash(
+        (Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),)
+    )
+    security.DUMMY_PASSWORD_HASH = security.password_hasher.hash("dummy-password-for-tests")
+    yield
+    security.password_hasher, security.DUMMY_PASSWORD_HASH = original
+
+
 def services_missing(*names: str) -> str | None:
     """Why a test needing these services cannot run, or None when it can."""
     missing = [
