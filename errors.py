@@ -170,3 +170,29 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+ERROR_DESCRIPTIONS = {
+    401: "No token (NOT_AUTHENTICATED), or a bad one (INVALID_TOKEN, TOKEN_EXPIRED); "
+    "a sent but bad token is refused on every endpoint",
+    403: "INSUFFICIENT_PERMISSIONS",
+    404: "Not found, or not visible to the caller",
+    409: "Conflict",
+    412: "PRECONDITION_FAILED: If-Match does not match the current ETag",
+    413: "PAYLOAD_TOO_LARGE: the body is over 1 MiB",
+    422: "VALIDATION_ERROR (detail is a list of {loc, msg, type}), or another 422 code",
+    429: "RATE_LIMITED: see Retry-After and the X-RateLimit-* headers",
+}
+
+
+def error_responses(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error answers, all in the envelope; `descriptions` by `_409=...`."""
+    from schemas import ErrorResponse
+
+    return {
+        code: {
+            "model": ErrorResponse,
+            "description": descriptions.get(f"_{code}", ERROR_DESCRIPTIONS[code]),
+        }
+        for code in codes
+    }

@@ -15,7 +15,7 @@ from config import Settings, get_settings
 from database import Database
 from deps import get_optional_user
 from effects import Effects
-from errors import register_error_handlers
+from errors import error_responses, register_error_handlers
 from logging_setup import configure_logging
 from middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from notifications import Notifier
@@ -108,9 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router)
     # A bearer token that is sent but bad is refused everywhere, public routes included.
     check_token = [Depends(get_optional_user)]
-    app.include_router(auth.router, dependencies=check_token)
-    app.include_router(posts.router, dependencies=check_token)
-    app.include_router(comments.router, dependencies=check_token)
+    common = error_responses(401, 422, 429)
+    for router in (auth.router, posts.router, comments.router):
+        app.include_router(router, dependencies=check_token, responses=common)
     app.include_router(realtime_routes.router)
     if settings.docs_enabled:
         install_docs(app)

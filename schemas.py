@@ -136,6 +136,16 @@ class Status(BaseModel):
     status: str = "ok"
 
 
+class Readiness(BaseModel):
+    """Readiness of the service's dependencies; `detail`/`error_code` only when unavailable."""
+
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "error"]
+    cache: Literal["ok", "error", "disabled"]
+    detail: str | None = None
+    error_code: str | None = None
+
+
 # --- comments --------------------------------------------------------------------------------
 
 

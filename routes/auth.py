@@ -9,7 +9,8 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 import crud
 from deps import CurrentUser, SessionDep, SettingsDep
-from schemas import ErrorResponse, Token, UserCreate, UserRead
+from errors import error_responses
+from schemas import Token, UserCreate, UserRead
 from security import create_access_token
 
 router = APIRouter(tags=["auth"])
@@ -20,7 +21,7 @@ router = APIRouter(tags=["auth"])
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
     operation_id="register",
-    responses={409: {"model": ErrorResponse, "description": "USERNAME_TAKEN or EMAIL_TAKEN"}},
+    responses=error_responses(409, 413, _409="USERNAME_TAKEN or EMAIL_TAKEN"),
 )
 async def register(data: UserCreate, session: SessionDep) -> object:
     """Create an account."""
@@ -31,7 +32,7 @@ async def register(data: UserCreate, session: SessionDep) -> object:
     "/auth/login",
     response_model=Token,
     operation_id="login",
-    responses={401: {"model": ErrorResponse, "description": "INVALID_CREDENTIALS"}},
+    responses=error_responses(401, 413, _401="INVALID_CREDENTIALS (or a bad bearer token)"),
 )
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],

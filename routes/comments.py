@@ -10,7 +10,7 @@ import crud
 import idempotency
 from deps import CurrentUser, OptionalUser, SessionDep
 from effects import EffectsDep
-from errors import InvalidQuery
+from errors import InvalidQuery, error_responses
 from idempotency import IdempotencyKey, answer_response
 from pagination import next_link
 from schemas import CommentCreate, CommentRead
@@ -18,7 +18,12 @@ from schemas import CommentCreate, CommentRead
 router = APIRouter(prefix="/posts/{post_id}/comments", tags=["comments"])
 
 
-@router.get("", response_model=list[CommentRead], operation_id="list_comments")
+@router.get(
+    "",
+    response_model=list[CommentRead],
+    operation_id="list_comments",
+    responses=error_responses(404, _404="POST_NOT_FOUND"),
+)
 async def list_comments(
     post_id: int,
     response: Response,
@@ -48,6 +53,9 @@ async def list_comments(
     status_code=status.HTTP_201_CREATED,
     response_model=CommentRead,
     operation_id="create_comment",
+    responses=error_responses(
+        404, 409, 413, _404="POST_NOT_FOUND", _409="IDEMPOTENCY_KEY_IN_USE while a retry runs"
+    ),
 )
 async def create_comment(
     post_id: int,
@@ -77,6 +85,7 @@ async def create_comment(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     operation_id="delete_comment",
+    responses=error_responses(403, 404, _404="POST_NOT_FOUND or COMMENT_NOT_FOUND"),
 )
 async def delete_comment(
     post_id: int,

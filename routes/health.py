@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from schemas import Status
+from schemas import Readiness, Status
 
 logger = logging.getLogger("blog.health")
 
@@ -24,7 +24,13 @@ async def liveness() -> dict[str, str]:
 @router.get(
     "/health/ready",
     operation_id="readiness",
-    responses={503: {"description": "The database or a configured Redis is unreachable."}},
+    response_model=Readiness,
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "SERVICE_UNAVAILABLE: the database or a configured Redis is unreachable.",
+        }
+    },
 )
 async def readiness(request: Request) -> JSONResponse:
     """Readiness: the database (and Redis, when configured) answer."""

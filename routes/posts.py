@@ -12,7 +12,7 @@ import idempotency
 from cache import etag_of
 from deps import CurrentUser, OptionalUser, SessionDep
 from effects import EffectsDep, PostReaderDep
-from errors import InvalidQuery, NotAuthenticated, PreconditionFailed
+from errors import InvalidQuery, NotAuthenticated, PreconditionFailed, error_responses
 from idempotency import IdempotencyKey, answer_response
 from models import Post
 from pagination import next_link
@@ -117,7 +117,10 @@ async def list_posts(
     "/{post_id}",
     response_model=PostRead,
     operation_id="get_post",
-    responses={304: {"description": "If-None-Match matched the current ETag."}},
+    responses={
+        304: {"description": "If-None-Match matched the current ETag."},
+        **error_responses(404, _404="POST_NOT_FOUND"),
+    },
 )
 async def get_post(
     post_id: int,
@@ -140,7 +143,14 @@ async def get_post(
     status_code=status.HTTP_201_CREATED,
     response_model=PostRead,
     operation_id="create_post",
-    responses={201: {"headers": {"Location": {"description": "/posts/{id}"}}}},
+    responses={
+        201: {
+            "headers": {"Location": {"description": "/posts/{id}", "schema": {"type": "string"}}}
+        },
+        **error_responses(
+            409, 413, _409="POST_TITLE_EXISTS, or IDEMPOTENCY_KEY_IN_USE while a retry runs"
+        ),
+    },
 )
 async def create_post(
     data: PostCreate,
@@ -180,7 +190,12 @@ async def _update(
     return _post_response(post, response)
 
 
-@router.put("/{post_id}", response_model=PostRead, operation_id="replace_post")
+@router.put(
+    "/{post_id}",
+    response_model=PostRead,
+    operation_id="replace_post",
+    responses=error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
+)
 async def put_post(
     post_id: int,
     data: PostUpdate,
@@ -194,7 +209,12 @@ async def put_post(
     return await _update(post_id, data, response, session, user, effects, if_match)
 
 
-@router.patch("/{post_id}", response_model=PostRead, operation_id="update_post")
+@router.patch(
+    "/{post_id}",
+    response_model=PostRead,
+    operation_id="update_post",
+    responses=error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
+)
 async def patch_post(
     post_id: int,
     data: PostUpdate,
@@ -213,6 +233,7 @@ async def patch_post(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     operation_id="delete_post",
+    responses=error_responses(403, 404, 412),
 )
 async def delete_post(
     post_id: int,
@@ -226,7 +247,12 @@ async def delete_post(
     await effects.post_deleted(post_id)
 
 
-@router.post("/{post_id}/publish", response_model=PostRead, operation_id="publish_post")
+@router.post(
+    "/{post_id}/publish",
+    response_model=PostRead,
+    operation_id="publish_post",
+    responses=error_responses(403, 404, 412),
+)
 async def publish_post(
     post_id: int,
     response: Response,
