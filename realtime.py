@@ -149,6 +149,7 @@ class RedisHub(LocalHub):
     def __init__(self, redis: RedisBackend) -> None:
         super().__init__()
         self.redis = redis
+        self.channel = redis.channel(CHANNEL)
         self._listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -166,7 +167,7 @@ class RedisHub(LocalHub):
         message = json.dumps({"post_id": post_id, "event": event})
 
         async def shared(client: Any) -> None:
-            await client.publish(CHANNEL, message)
+            await client.publish(self.channel, message)
 
         async def local() -> None:
             self.deliver(post_id, event)
@@ -177,7 +178,7 @@ class RedisHub(LocalHub):
         while True:
             pubsub: PubSub = self.redis.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(self.channel)
                 self.subscribed.set()
                 self.redis.mark_ok()
                 while True:

@@ -40,6 +40,11 @@ class RedisBackend:
         self._retry_at = 0.0
         self.fallback_listeners: list[FallbackListener] = []
 
+    def channel(self, name: str) -> str:
+        """A pub/sub channel name; channels ignore the database number, so it is part of it."""
+        db = self.client.connection_pool.connection_kwargs.get("db", 0)
+        return f"{name}:db{db}"
+
     @property
     def available(self) -> bool:
         """False during an outage, until the next retry is due."""

@@ -46,8 +46,9 @@ async def receive(socket: ClientConnection) -> dict[str, Any]:
 
 
 async def assert_silent(socket: ClientConnection, seconds: float = 0.3) -> None:
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(socket.recv(), seconds)
+    with contextlib.suppress(asyncio.TimeoutError):
+        unexpected = await asyncio.wait_for(socket.recv(), seconds)
+        raise AssertionError(f"expected silence, got {unexpected!r}")
 
 
 async def closed_code(socket: ClientConnection) -> int | None:
