@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from errors import InvalidCursor
+from schemas import MAX_ID
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Cursor:
         except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
             raise InvalidCursor("The cursor is not one this service issued") from None
         if not isinstance(sort, str) or not isinstance(row_id, int) or isinstance(row_id, bool):
+            raise InvalidCursor("The cursor is not one this service issued")
+        if not 0 <= row_id <= MAX_ID:  # beyond any id; the database driver would fail on it
             raise InvalidCursor("The cursor is not one this service issued")
         if sort != expected_sort:
             raise InvalidCursor(f"The cursor was made for sort={sort}, not sort={expected_sort}")

@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+from fastapi import Path, Query
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -16,6 +17,13 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
+MAX_SKIP = 1_000_000
+
+ObjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
+Skip = Annotated[int | None, Query(ge=0, le=MAX_SKIP, description="Offset; not with `cursor`.")]
+Limit = Annotated[int, Query(ge=1, le=100)]
 
 
 def _not_blank(value: str) -> str:

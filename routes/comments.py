@@ -13,7 +13,7 @@ from effects import EffectsDep
 from errors import InvalidQuery, error_responses
 from idempotency import IdempotencyKey, answer_response
 from pagination import next_link
-from schemas import CommentCreate, CommentRead
+from schemas import CommentCreate, CommentRead, Limit, ObjectId, Skip
 
 router = APIRouter(prefix="/posts/{post_id}/comments", tags=["comments"])
 
@@ -25,12 +25,12 @@ router = APIRouter(prefix="/posts/{post_id}/comments", tags=["comments"])
     responses=error_responses(404, _404="POST_NOT_FOUND"),
 )
 async def list_comments(
-    post_id: int,
+    post_id: ObjectId,
     response: Response,
     session: SessionDep,
     viewer: OptionalUser,
-    skip: Annotated[int | None, Query(ge=0, description="Offset; not with `cursor`.")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    skip: Skip = None,
+    limit: Limit = 10,
     cursor: Annotated[
         str | None, Query(max_length=512, description="From the previous page's Link header.")
     ] = None,
@@ -58,7 +58,7 @@ async def list_comments(
     ),
 )
 async def create_comment(
-    post_id: int,
+    post_id: ObjectId,
     data: CommentCreate,
     request: Request,
     session: SessionDep,
@@ -88,8 +88,8 @@ async def create_comment(
     responses=error_responses(403, 404, _404="POST_NOT_FOUND or COMMENT_NOT_FOUND"),
 )
 async def delete_comment(
-    post_id: int,
-    comment_id: int,
+    post_id: ObjectId,
+    comment_id: ObjectId,
     session: SessionDep,
     user: CurrentUser,
     effects: EffectsDep,

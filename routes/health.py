@@ -28,7 +28,7 @@ async def liveness() -> dict[str, str]:
     responses={
         503: {
             "model": Readiness,
-            "description": "SERVICE_UNAVAILABLE: the database or a configured Redis is unreachable.",
+            "description": "SERVICE_UNAVAILABLE: the database or configured Redis is down.",
         }
     },
 )

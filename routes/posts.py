@@ -16,7 +16,7 @@ from errors import InvalidQuery, NotAuthenticated, PreconditionFailed, error_res
 from idempotency import IdempotencyKey, answer_response
 from models import Post
 from pagination import next_link
-from schemas import PostCreate, PostFilters, PostRead, PostSort, PostUpdate
+from schemas import Limit, ObjectId, PostCreate, PostFilters, PostRead, PostSort, PostUpdate, Skip
 
 router = APIRouter(prefix="/posts", tags=["posts"])
 
@@ -37,7 +37,7 @@ def expected_versions(if_match: str | None, post_id: int) -> set[int] | None:
         if not (tag.startswith('"') and tag.endswith('"')):
             continue  # weak or malformed validators never match strongly
         post_part, _, version = tag[1:-1].partition("-")
-        if post_part == str(post_id) and version.isdigit():
+        if post_part == str(post_id) and version.isdigit() and int(version) <= MAX_ID:
             versions.add(int(version))
     if not versions:
         raise PreconditionFailed()
@@ -60,8 +60,8 @@ async def list_posts(
     response: Response,
     session: SessionDep,
     viewer: OptionalUser,
-    skip: Annotated[int | None, Query(ge=0, description="Offset; not with `cursor`.")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    skip: Skip = None,
+    limit: Limit = 10,
     count: Annotated[bool, Query(description="Also answer X-Total-Count.")] = False,
     cursor: Annotated[
         str | None, Query(max_length=512, description="From the previous page's Link header.")
@@ -123,7 +123,7 @@ async def list_posts(
     },
 )
 async def get_post(
-    post_id: int,
+    post_id: ObjectId,
     viewer: OptionalUser,
     reader: PostReaderDep,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -175,7 +175,7 @@ async def create_post(
 
 
 async def _update(
-    post_id: int,
+    post_id: ObjectId,
     data: PostUpdate,
     response: Response,
     session: SessionDep,
@@ -197,7 +197,7 @@ async def _update(
     responses=error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
 )
 async def put_post(
-    post_id: int,
+    post_id: ObjectId,
     data: PostUpdate,
     response: Response,
     session: SessionDep,
@@ -216,7 +216,7 @@ async def put_post(
     responses=error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
 )
 async def patch_post(
-    post_id: int,
+    post_id: ObjectId,
     data: PostUpdate,
     response: Response,
     session: SessionDep,
@@ -236,7 +236,7 @@ async def patch_post(
     responses=error_responses(403, 404, 412),
 )
 async def delete_post(
-    post_id: int,
+    post_id: ObjectId,
     session: SessionDep,
     user: CurrentUser,
     effects: EffectsDep,
@@ -254,7 +254,7 @@ async def delete_post(
     responses=error_responses(403, 404, 412),
 )
 async def publish_post(
-    post_id: int,
+    post_id: ObjectId,
     response: Response,
     session: SessionDep,
     user: CurrentUser,

@@ -12,6 +12,7 @@ import crud
 from errors import AppError
 from models import User
 from realtime import CLOSE_POLICY, MAX_MESSAGE_CHARS, LiveSocket, LocalHub
+from schemas import ObjectId
 from security import decode_access_token
 
 logger = logging.getLogger("blog.realtime")
@@ -31,7 +32,7 @@ async def _viewer(websocket: WebSocket, token: str | None) -> User | None:
 
 
 @router.websocket("/ws/posts/{post_id}")
-async def post_updates(websocket: WebSocket, post_id: int, token: str | None = None) -> None:
+async def post_updates(websocket: WebSocket, post_id: ObjectId, token: str | None = None) -> None:
     """Live events for a post; signed-in sockets may also send short messages."""
     try:
         viewer = await _viewer(websocket, token)
