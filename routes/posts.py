@@ -16,7 +16,17 @@ from errors import InvalidQuery, NotAuthenticated, PreconditionFailed, error_res
 from idempotency import IdempotencyKey, answer_response
 from models import Post
 from pagination import next_link
-from schemas import Limit, ObjectId, PostCreate, PostFilters, PostRead, PostSort, PostUpdate, Skip
+from schemas import (
+    MAX_ID,
+    Limit,
+    ObjectId,
+    PostCreate,
+    PostFilters,
+    PostRead,
+    PostSort,
+    PostUpdate,
+    Skip,
+)
 
 router = APIRouter(prefix="/posts", tags=["posts"])
 
