@@ -11,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 logger = logging.getLogger("blog.errors")
 
@@ -145,10 +146,27 @@ async def _app_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, detail, exc.error_code, exc.headers)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers to: Starlette names only the first route that matched."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_ERROR_CODES.get(exc.status_code, "HTTP_ERROR")
     detail = exc.detail
+    if exc.status_code == 405:
+        exc.headers = {**(exc.headers or {}), "Allow": _allowed_methods(request)}
     if exc.status_code == 404 and detail == "Not Found":
         detail = "Not found"
     if exc.status_code in (204, 304):
@@ -173,6 +191,7 @@ def register_error_handlers(app: FastAPI) -> None:
 
 
 ERROR_DESCRIPTIONS = {
+    400: "BAD_REQUEST: the body could not be read (e.g. it is not UTF-8)",
     401: "No token (NOT_AUTHENTICATED), or a bad one (INVALID_TOKEN, TOKEN_EXPIRED); "
     "a sent but bad token is refused on every endpoint",
     403: "INSUFFICIENT_PERMISSIONS",

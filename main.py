@@ -43,6 +43,14 @@ class DatabaseUnavailable(SystemExit):
     """Start-up cannot reach the database; exits non-zero without a traceback."""
 
 
+class _DropStartupTraceback(logging.Filter):
+    """Starlette hands the server the traceback of a failed start-up, which uvicorn logs; the
+    critical line already says what is wrong, so that record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DatabaseUnavailable" not in record.getMessage()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -55,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.critical(
             "cannot reach the database: %s", str(exc).splitlines()[0] if str(exc) else exc
         )
+        logging.getLogger("uvicorn.error").addFilter(_DropStartupTraceback())
         raise DatabaseUnavailable(1) from None
     app.state.database = database
     app.state.redis = RedisBackend(settings.redis_url) if settings.redis_url else None
@@ -108,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router)
     # A bearer token that is sent but bad is refused everywhere, public routes included.
     check_token = [Depends(get_optional_user)]
-    common = error_responses(401, 422, 429)
+    common = error_responses(400, 401, 422, 429)
     for router in (auth.router, posts.router, comments.router):
         app.include_router(router, dependencies=check_token, responses=common)
     app.include_router(realtime_routes.router)
