@@ -1,0 +1,259 @@
+"""Per-client rate limits: a pure ASGI middleware over the `limits` library's async API.
+
+Each request that is limited falls in one category (`login`, `write` or `read`), each with its
+own configurable limit, counted per client: the user id when the request carries a valid bearer
+token, else the client IP (taken from `X-Forwarded-For` only when the direct peer is a trusted
+proxy). The strategy is a moving window, so `X-RateLimit-Reset` and `Retry-After` say when the
+oldest request in the window leaves it, i.e. when a slot frees.
+
+Counters live in Redis when `REDIS_URL` is set (shared by every worker, through the shared
+connection pool of `RedisBackend`) and in process memory otherwise. While Redis is unreachable
+the in-process limiter takes over; `RedisBackend` logs the outage once and decides when Redis is
+tried again, so a Redis outage never fails a request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio import Redis
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from config import Settings
+from errors import NotAuthenticated, error_response
+from observability import record_rate_limited
+from redis_backend import RedisBackend
+from security import decode_access_token
+
+logger = logging.getLogger("blog.ratelimit")
+
+Category = Literal["login", "write", "read"]
+
+COMPONENT = "ratelimit"
+REDIS_KEY_PREFIX = "blog:ratelimit"
+LOGIN_PATHS = frozenset({"/auth/login", "/auth/register"})
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+EXEMPT_PATHS = frozenset({"/", "/metrics", "/redoc", "/openapi.json", "/health"})
+EXEMPT_PREFIXES = ("/health/", "/docs", "/static/")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one hit: allowed or not, and what the headers should say."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_in: int  # whole seconds until the window frees a slot
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_in),
+        }
+
+
+class TrustedProxies:
+    """FORWARDED_ALLOW_IPS: addresses or networks whose X-Forwarded-For is believed; `*` is any."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.any = "*" in entries
+        self.literals: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self.literals.add(entry)  # e.g. a unix socket peer name
+
+    def trusts(self, host: str) -> bool:
+        if self.any or host in self.literals:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
+def request_path(scope: Scope) -> str:
+    """The path within the application (without a root path), without a trailing slash."""
+    path: str = scope.get("path", "/")
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :]
+    return path.rstrip("/") or "/"
+
+
+def request_category(scope: Scope) -> Category | None:
+    """Which limit applies to this HTTP request; None when it is never limited."""
+    method: str = scope["method"]
+    path = request_path(scope)
+    if path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES):
+        return None
+    if method == "OPTIONS" and header(scope, b"access-control-request-method") is not None:
+        return None  # a CORS preflight
+    if method == "POST" and path in LOGIN_PATHS:
+        return "login"
+    if method in WRITE_METHODS:
+        return "write"
+    return "read"
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (name in lower case), or None."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+def bearer_token(scope: Scope) -> str | None:
+    authorization = header(scope, b"authorization")
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def client_ip(scope: Scope, proxies: TrustedProxies) -> str:
+    """The direct peer, or the rightmost X-Forwarded-For hop not run by a trusted proxy."""
+    client = scope.get("client")
+    peer: str = client[0] if client else "unknown"
+    if not proxies.trusts(peer):
+        return peer
+    hops: list[str] = [
+        hop.strip()
+        for key, value in scope.get("headers", ())
+        if key == b"x-forwarded-for"
+        for hop in value.decode("latin-1").split(",")
+        if hop.strip()
+    ]
+    for hop in reversed(hops):
+        if not proxies.trusts(hop):
+            return hop
+    return hops[0] if hops else peer  # every hop trusted: the leftmost is the client
+
+
+async def consume(
+    limiter: MovingWindowRateLimiter, item: RateLimitItem, category: str, key: str
+) -> Decision:
+    """Take one slot for `key` (if one is free) and read the window back."""
+    allowed = await limiter.hit(item, category, key)
+    stats = await limiter.get_window_stats(item, category, key)
+    remaining = max(0, min(item.amount, stats.remaining))
+    if remaining >= item.amount:
+        reset_in = 0  # empty window: nothing to wait for
+    else:
+        # reset_time is when the oldest request in the window leaves it (frees a slot).
+        reset_in = math.ceil(stats.reset_time - time.time())
+        reset_in = max(1, min(item.get_expiry(), reset_in))
+    return Decision(allowed, item.amount, 0 if not allowed else remaining, reset_in)
+
+
+class RateLimitMiddleware:
+    """Counts limited requests per client and category; 429 `RATE_LIMITED` over the limit."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.enabled = settings.rate_limit_enabled
+        self.items: dict[Category, RateLimitItem] = {
+            "read": parse(settings.rate_limit_read),
+            "write": parse(settings.rate_limit_write),
+            "login": parse(settings.rate_limit_login),
+        }
+        self.proxies = TrustedProxies(settings.forwarded_allow_ips)
+        # Without Redis, and during a Redis outage: counters in this process only.
+        self.memory_limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._redis_backend: RedisBackend | None = None
+        self._redis_limiter: MovingWindowRateLimiter | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.enabled or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        category = request_category(scope)
+        if category is None:
+            await self.app(scope, receive, send)
+            return
+        decision = await self.check(scope, category)
+        headers = decision.headers()
+        if not decision.allowed:
+            retry_after = max(1, decision.reset_in)
+            headers["Retry-After"] = str(retry_after)
+            record_rate_limited(category)
+            logger.debug("rate limited: %s %s", category, scope.get("path"))
+            detail = (
+                f"Rate limit exceeded ({self.items[category]}); retry after {retry_after} seconds"
+            )
+            await error_response(429, detail, "RATE_LIMITED", headers)(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(headers)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def client_key(self, scope: Scope) -> str:
+        """`user:<id>` for a valid bearer token, else `ip:<address>`; never touches the DB."""
+        token = bearer_token(scope)
+        if token is not None:
+            try:
+                return f"user:{decode_access_token(token, self.settings.jwt_secret)}"
+            except NotAuthenticated:
+                pass  # the route answers 401; count the attempt against the IP
+        return f"ip:{client_ip(scope, self.proxies)}"
+
+    async def check(self, scope: Scope, category: Category) -> Decision:
+        item = self.items[category]
+        key = self.client_key(scope)
+        backend = self.redis_backend(scope)
+        if backend is None:
+            return await consume(self.memory_limiter, item, category, key)
+        limiter = self.redis_limiter(backend)
+
+        async def shared(_client: Redis) -> Decision:
+            return await consume(limiter, item, category, key)
+
+        async def local() -> Decision:
+            return await consume(self.memory_limiter, item, category, key)
+
+        # Redis errors are caught there: mark_failed (warns once per outage), then `local`.
+        return await backend.call(COMPONENT, shared, local)
+
+    @staticmethod
+    def redis_backend(scope: Scope) -> RedisBackend | None:
+        """The application's shared Redis (created by the lifespan), looked up per request."""
+        state = getattr(scope.get("app"), "state", None)
+        backend = getattr(state, "redis", None)
+        return backend if isinstance(backend, RedisBackend) else None
+
+    def redis_limiter(self, backend: RedisBackend) -> MovingWindowRateLimiter:
+        """A limiter on the backend's connection pool; rebuilt if the backend is replaced."""
+        if self._redis_limiter is None or self._redis_backend is not backend:
+            # The URI is only parsed by `limits`; connections come from the shared pool.
+            options: dict[str, Any] = {"connection_pool": backend.client.connection_pool}
+            storage = RedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                key_prefix=REDIS_KEY_PREFIX,
+                **options,
+            )
+            self._redis_limiter = MovingWindowRateLimiter(storage)
+            self._redis_backend = backend
+        return self._redis_limiter

@@ -1,0 +1,532 @@
+"""Rate limits (issue 4): per-client moving windows for reads, writes and login, on both
+backends; the Redis outage fallback; limits shared by real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from fastapi import FastAPI
+
+import redis_backend
+from config import Settings
+from main import create_app
+from ratelimit import REDIS_KEY_PREFIX, TrustedProxies, client_ip, request_category
+from tests.conftest import (
+    PASSWORD,
+    REQUIRE_SERVICES,
+    ROOT,
+    TEST_REDIS_URL,
+    TEST_SECRET,
+    alembic_upgrade,
+    need_services,
+)
+
+NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+@asynccontextmanager
+async def client_from(app: FastAPI, host: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose requests reach the app from the peer address `host`."""
+    transport = httpx.ASGITransport(app=app, client=(host, 123))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+def assert_limited_headers(response: httpx.Response, limit: int) -> None:
+    for name in RATE_HEADERS:
+        assert name in response.headers, (name, dict(response.headers))
+    assert response.headers["X-RateLimit-Limit"] == str(limit)
+    assert 0 <= int(response.headers["X-RateLimit-Remaining"]) <= limit
+    assert int(response.headers["X-RateLimit-Reset"]) >= 0
+
+
+def assert_rate_limited(response: httpx.Response, limit: int, window: int = 60) -> None:
+    assert response.status_code == 429, response.text
+    assert response.json()["error_code"] == "RATE_LIMITED"
+    assert isinstance(response.json()["detail"], str)
+    assert_limited_headers(response, limit)
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= window
+    assert 1 <= int(response.headers["X-RateLimit-Reset"]) <= window
+    assert response.headers.get("X-Request-ID")
+
+
+# --- reads, writes, login ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_read": "5/minute"}])
+async def test_sixth_read_is_rate_limited(client: httpx.AsyncClient) -> None:
+    remaining = []
+    for _ in range(5):
+        response = await client.get("/posts")
+        assert response.status_code == 200
+        assert_limited_headers(response, 5)
+        assert 1 <= int(response.headers["X-RateLimit-Reset"]) <= 60
+        remaining.append(int(response.headers["X-RateLimit-Remaining"]))
+    assert remaining == [4, 3, 2, 1, 0]
+    response = await client.get("/posts")
+    assert_rate_limited(response, 5)
+    # Every read shares the budget, unknown routes and HEAD included.
+    assert_rate_limited(await client.get("/posts/1"), 5)
+    assert_rate_limited(await client.get("/no-such-route"), 5)
+    response = await client.head("/posts")
+    assert response.status_code == 429
+    assert_limited_headers(response, 5)
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"rate_limit_read": "4/minute", "rate_limit_write": "3/minute"}]
+)
+async def test_write_and_read_limits_are_separate(
+    client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    for number in range(3):
+        response = await client.post(
+            "/posts", json={"title": f"Post {number}", "content": "x"}, headers=user_headers
+        )
+        assert response.status_code == 201, response.text
+        assert response.headers["X-RateLimit-Limit"] == "3"
+        assert response.headers["X-RateLimit-Remaining"] == str(2 - number)
+    response = await client.post(
+        "/posts", json={"title": "One more", "content": "x"}, headers=user_headers
+    )
+    assert_rate_limited(response, 3)
+    # PUT, PATCH and DELETE spend the same write budget.
+    assert_rate_limited(await client.patch("/posts/1", json={}, headers=user_headers), 3)
+    assert_rate_limited(await client.delete("/posts/1", headers=user_headers), 3)
+    # Reads still have their own, untouched budget.
+    for number in range(4):
+        response = await client.get("/posts", headers=user_headers)
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Limit"] == "4"
+        assert response.headers["X-RateLimit-Remaining"] == str(3 - number)
+    assert_rate_limited(await client.get("/posts", headers=user_headers), 4)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_login": "3/minute"}])
+async def test_login_and_register_share_the_login_limit(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/auth/register",
+        json={"username": "carol", "email": "carol@example.com", "password": PASSWORD},
+    )
+    assert response.status_code == 201
+    assert response.headers["X-RateLimit-Limit"] == "3"
+    assert response.headers["X-RateLimit-Remaining"] == "2"
+    response = await client.post("/auth/login", data={"username": "carol", "password": PASSWORD})
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Remaining"] == "1"
+    response = await client.post("/auth/login", data={"username": "carol", "password": "wrong-pw"})
+    assert response.status_code == 401
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    response = await client.post(
+        "/auth/register",
+        json={"username": "dave", "email": "dave@example.com", "password": PASSWORD},
+    )
+    assert_rate_limited(response, 3)
+    response = await client.post("/auth/login", data={"username": "carol", "password": PASSWORD})
+    assert_rate_limited(response, 3)
+    # Reads and other writes are not the login budget.
+    response = await client.get("/posts")
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Limit"] == "100000"
+
+
+# --- who is counted ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_read": "3/minute"}])
+async def test_signed_in_users_have_their_own_budgets(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user_headers: dict[str, str],
+    other_headers: dict[str, str],
+) -> None:
+    for _ in range(3):
+        assert (await client.get("/users/me", headers=user_headers)).status_code == 200
+    assert_rate_limited(await client.get("/users/me", headers=user_headers), 3)
+    # The budget belongs to the user, wherever the request comes from.
+    async with client_from(app, "203.0.113.7") as elsewhere:
+        assert_rate_limited(await elsewhere.get("/posts", headers=user_headers), 3)
+    # Another user, and anonymous callers (by IP), are not affected.
+    for _ in range(3):
+        assert (await client.get("/users/me", headers=other_headers)).status_code == 200
+    for expected in ("2", "1", "0"):
+        response = await client.get("/posts")
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Remaining"] == expected
+    assert_rate_limited(await client.get("/posts"), 3)
+    # A bad token is counted against the IP (the route would answer 401).
+    bad = {"Authorization": "Bearer not-a-token"}
+    assert_rate_limited(await client.get("/posts", headers=bad), 3)
+    async with client_from(app, "203.0.113.8") as fresh:
+        response = await fresh.get("/posts", headers=bad)
+        assert response.status_code == 401
+        assert response.headers["X-RateLimit-Remaining"] == "2"
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"rate_limit_read": "2/minute", "forwarded_allow_ips": ["10.0.0.1", "10.0.0.2"]}],
+)
+async def test_forwarded_for_is_believed_only_from_trusted_proxies(app: FastAPI) -> None:
+    async def read(http: httpx.AsyncClient, forwarded_for: str) -> httpx.Response:
+        return await http.get("/posts", headers={"X-Forwarded-For": forwarded_for})
+
+    async with client_from(app, "10.0.0.1") as proxy:
+        assert (await read(proxy, "198.51.100.1")).status_code == 200
+        assert (await read(proxy, "198.51.100.1")).status_code == 200
+        assert_rate_limited(await read(proxy, "198.51.100.1"), 2)
+        # The rightmost untrusted hop counts: a client-supplied left part changes nothing,
+        # trusted proxy hops on the right are skipped.
+        assert_rate_limited(await read(proxy, "192.0.2.99, 198.51.100.1"), 2)
+        assert_rate_limited(await read(proxy, "198.51.100.1, 10.0.0.2"), 2)
+        # Another client behind the proxy has its own budget.
+        response = await read(proxy, "198.51.100.2")
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Remaining"] == "1"
+    # From an untrusted peer the header is ignored: its own address is the key.
+    async with client_from(app, "192.0.2.50") as direct:
+        assert (await read(direct, "198.51.100.3")).status_code == 200
+        assert (await read(direct, "198.51.100.4")).status_code == 200
+        assert_rate_limited(await read(direct, "198.51.100.5"), 2)
+        assert_rate_limited(await direct.get("/posts"), 2)
+
+
+def test_client_ip_rules() -> None:
+    def scope(peer: str, *forwarded: str) -> dict[str, Any]:
+        headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+        return {"client": (peer, 1), "headers": headers}
+
+    local = TrustedProxies(["127.0.0.1"])
+    assert client_ip(scope("127.0.0.1", "1.2.3.4"), local) == "1.2.3.4"
+    assert client_ip(scope("127.0.0.1"), local) == "127.0.0.1"
+    assert client_ip(scope("9.9.9.9", "1.2.3.4"), local) == "9.9.9.9"
+    network = TrustedProxies(["10.0.0.0/8"])
+    assert client_ip(scope("10.1.2.3", "5.5.5.5, 6.6.6.6, 10.9.9.9"), network) == "6.6.6.6"
+    # Several header lines are one list, in order.
+    assert client_ip(scope("10.1.2.3", "5.5.5.5", "6.6.6.6"), network) == "6.6.6.6"
+    assert client_ip(scope("10.1.2.3", "10.2.2.2, 10.3.3.3"), network) == "10.2.2.2"
+    anyone = TrustedProxies(["*"])
+    assert client_ip(scope("8.8.8.8", "5.5.5.5, 6.6.6.6"), anyone) == "5.5.5.5"
+    assert client_ip({"headers": []}, local) == "unknown"
+
+
+def test_categories() -> None:
+    def category(method: str, path: str, *headers: tuple[bytes, bytes]) -> str | None:
+        return request_category({"method": method, "path": path, "headers": list(headers)})
+
+    assert category("GET", "/posts") == "read"
+    assert category("HEAD", "/posts/1") == "read"
+    assert category("POST", "/posts") == "write"
+    assert category("DELETE", "/posts/1/comments/2") == "write"
+    assert category("POST", "/auth/login") == "login"
+    assert category("POST", "/auth/register/") == "login"
+    assert category("GET", "/users/me") == "read"
+    for path in ("/", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc"):
+        assert category("GET", path) is None, path
+    assert category("GET", "/openapi.json") is None
+    assert category("GET", "/static/swagger-ui.css") is None
+    preflight = (b"access-control-request-method", b"POST")
+    assert category("OPTIONS", "/posts", preflight) is None
+    assert category("OPTIONS", "/posts") == "read"
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"rate_limit_read": "2/minute", "rate_limit_write": "1/minute"}]
+)
+async def test_exempt_paths_are_never_limited(client: httpx.AsyncClient) -> None:
+    for _ in range(6):
+        for path in ("/", "/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json"):
+            response = await client.get(path)
+            assert response.status_code != 429, path
+            assert "X-RateLimit-Limit" not in response.headers, path
+        assert (await client.get("/static/nothing.css")).status_code != 429
+    response = await client.get("/posts")
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Remaining"] == "1"
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"rate_limit_read": "1/minute", "cors_origins": ["https://app.example"]}],
+)
+async def test_preflights_are_not_limited_and_429s_carry_cors_headers(
+    client: httpx.AsyncClient,
+) -> None:
+    origin = {"Origin": "https://app.example"}
+    preflight = {**origin, "Access-Control-Request-Method": "GET"}
+    for _ in range(3):
+        response = await client.options("/posts", headers=preflight)
+        assert response.status_code == 200
+    assert (await client.get("/posts", headers=origin)).status_code == 200
+    response = await client.get("/posts", headers=origin)
+    assert_rate_limited(response, 1)
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    exposed = response.headers["Access-Control-Expose-Headers"]
+    for name in ("Retry-After", *RATE_HEADERS):
+        assert name in exposed
+    assert (await client.options("/posts", headers=preflight)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [
+        {
+            "rate_limit_enabled": False,
+            "rate_limit_read": "1/minute",
+            "rate_limit_write": "1/minute",
+            "rate_limit_login": "1/minute",
+        }
+    ],
+)
+async def test_disabled_means_no_headers_and_no_429(client: httpx.AsyncClient) -> None:
+    for _ in range(4):
+        response = await client.get("/posts")
+        assert response.status_code == 200
+        for name in (*RATE_HEADERS, "Retry-After"):
+            assert name not in response.headers
+        response = await client.post("/auth/login", data={"username": "x", "password": "y"})
+        assert response.status_code == 401
+        assert "X-RateLimit-Limit" not in response.headers
+
+
+# --- the moving window ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_read": "5/minute"}])
+async def test_reset_counts_from_the_oldest_request_in_the_window(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await client.get("/posts")
+    assert first.headers["X-RateLimit-Reset"] == "60"
+    await asyncio.sleep(1.2)
+    second = await client.get("/posts")
+    # The first request leaves the window (and frees a slot) in ~58.8 s, not 60.
+    assert second.headers["X-RateLimit-Reset"] == "59"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_read": "2/second"}])
+async def test_the_window_moves(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/posts")).status_code == 200  # t = 0
+    await asyncio.sleep(0.6)
+    assert (await client.get("/posts")).status_code == 200  # t = 0.6
+    assert_rate_limited(await client.get("/posts"), 2, window=1)
+    await asyncio.sleep(0.55)  # t = 1.15: the first request has left the window, the second not
+    assert (await client.get("/posts")).status_code == 200
+    response = await client.get("/posts")
+    assert_rate_limited(response, 2, window=1)
+    assert response.headers["Retry-After"] == "1"
+
+
+# --- Redis outage -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A throw-away redis-server on its own port, for stopping and starting at will."""
+
+    def __init__(self, binary: str, port: int) -> None:
+        self.binary = binary
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *NO_PERSISTENCE],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+
+    def rate_limit_keys(self) -> list[bytes]:
+        keys: list[bytes] = self.client().keys(f"{REDIS_KEY_PREFIX}:*")
+        return keys
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("TEST_REQUIRE_SERVICES=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(binary, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_redis_outage_falls_back_in_process_and_recovers(
+    database_url: str,
+    private_redis: PrivateRedis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_backend, "RETRY_AFTER_SECONDS", 0.3)
+    caplog.set_level(logging.WARNING, logger="blog.redis")
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=database_url,
+        redis_url=private_redis.url,
+        secret_key=TEST_SECRET,
+        environment="test",
+        rate_limit_read="4/minute",
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), client_from(app, "192.0.2.1") as client:
+        fallbacks: list[str] = []
+        app.state.redis.fallback_listeners.append(fallbacks.append)
+        response = await client.get("/posts")
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Remaining"] == "3"
+        assert private_redis.rate_limit_keys(), "counted in Redis"
+
+        private_redis.stop()
+        # In-process counting takes over with a fresh budget: never a 500.
+        statuses = []
+        for _ in range(5):
+            response = await client.get("/posts")
+            statuses.append(response.status_code)
+            assert_limited_headers(response, 4)
+        assert statuses == [200, 200, 200, 200, 429]
+        assert "ratelimit" in fallbacks
+        warnings = [r for r in caplog.records if "redis unreachable" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+
+        await asyncio.sleep(0.4)  # a retry is due; Redis is still down: still fine, no new warning
+        assert (await client.get("/posts")).status_code == 429
+        warnings = [r for r in caplog.records if "redis unreachable" in r.getMessage()]
+        assert len(warnings) == 1
+
+        private_redis.start()  # same port, empty
+        await asyncio.sleep(0.4)
+        response = await client.get("/posts")
+        assert response.status_code == 200, "back on the (empty) Redis counters"
+        assert response.headers["X-RateLimit-Remaining"] == "3"
+        assert private_redis.rate_limit_keys(), "counted in Redis again"
+        assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+# --- real worker processes --------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker_redis_url() -> Iterator[str]:
+    """An empty Redis for the worker processes, with the scaled suite (TEST_REDIS_URL).
+
+    A private redis-server when one is installed, so nobody else's data on the shared server is
+    flushed; else a database of its own on TEST_REDIS_URL's server.
+    """
+    need_services("TEST_REDIS_URL")
+    assert TEST_REDIS_URL is not None
+    binary = shutil.which("redis-server")
+    if binary is not None:
+        server = PrivateRedis(binary, free_port())
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        return
+    base, _, db = TEST_REDIS_URL.rpartition("/")
+    if not db.isdigit():
+        base, db = TEST_REDIS_URL.rstrip("/"), "0"
+    url = f"{base}/{(int(db) + 1) % 16}"
+    redis.Redis.from_url(url).flushdb()
+    try:
+        yield url
+    finally:
+        redis.Redis.from_url(url).flushdb()
+
+
+@pytest.mark.slow
+def test_limits_are_shared_by_worker_processes(tmp_path: Path, worker_redis_url: str) -> None:
+    redis_url = worker_redis_url
+    database = tmp_path / "blog.db"
+    alembic_upgrade(f"sqlite+aiosqlite:///{database}")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": TEST_SECRET,
+        "ENVIRONMENT": "test",
+        "LOG_FORMAT": "text",
+        "RATE_LIMIT_ENABLED": "true",
+        "RATE_LIMIT_READ": "20/minute",
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",
+    }
+    command = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(ROOT)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    log = tmp_path / "uvicorn.log"
+    # Run from an empty directory so no stray .env is read.
+    with log.open("wb") as output:
+        server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=output, stderr=output)
+    try:
+        deadline = time.monotonic() + 60
+        while log.read_text().count("Application startup complete") < 2:  # both workers
+            assert server.poll() is None, f"uvicorn exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"uvicorn did not start:\n{log.read_text()}"
+            time.sleep(0.2)
+        base_url = f"http://127.0.0.1:{port}"
+        responses = []
+        for _ in range(40):
+            # A fresh connection each time, so the kernel hands them to both workers.
+            with httpx.Client(base_url=base_url, timeout=10) as http:
+                responses.append(http.get("/posts"))
+        statuses = [response.status_code for response in responses]
+        assert statuses.count(200) == 20, statuses
+        assert statuses.count(429) == 20, statuses
+        remaining = [int(r.headers["X-RateLimit-Remaining"]) for r in responses if r.is_success]
+        assert remaining == list(range(19, -1, -1)), "one counter, shared by both workers"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
