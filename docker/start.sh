@@ -1,0 +1,23 @@
+#!/bin/sh
+# Container and PaaS entry point: bring the schema up to date, then serve.
+#
+#   PORT             listening port (default 8000), on HOST (default 0.0.0.0)
+#   WEB_CONCURRENCY  worker processes (default 1)
+#   PYTHON           the interpreter to use (default: python on PATH)
+#
+# uvicorn's own supervisor runs the workers: gunicorn's `uvicorn.workers.UvicornWorker` is
+# deprecated in uvicorn 0.54 in favour of the separate uvicorn-worker package, which this
+# project does not depend on. `exec` makes uvicorn PID 1 in a container, so `docker stop`
+# (SIGTERM) reaches it and shuts the workers down gracefully.
+set -eu
+
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python}"
+
+"$PYTHON" manage.py migrate
+
+exec "$PYTHON" -m uvicorn main:app \
+    --host "${HOST:-0.0.0.0}" \
+    --port "${PORT:-8000}" \
+    --workers "${WEB_CONCURRENCY:-1}" \
+    --no-access-log
