@@ -4,10 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APP_MODULES := main.py config.py database.py models.py schemas.py crud.py security.py errors.py \
-	middleware.py deps.py pagination.py logging_setup.py manage.py routes
+APP_MODULES := main.py offline_docs.py security_headers.py config.py database.py models.py schemas.py crud.py security.py errors.py \
+	middleware.py deps.py pagination.py logging_setup.py manage.py ratelimit.py observability.py routes
 
-.PHONY: run test lint format migrate install dev clean
+.PHONY: run test lint format migrate install dev clean docs-assets
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=python3.x)")'
@@ -43,5 +43,39 @@ format: dev
 test: lint  ## the whole suite; PostgreSQL/Redis cases run when TEST_DATABASE_URL/TEST_REDIS_URL are set
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The Swagger UI and ReDoc files that /docs and /redoc serve (static/docs/README.md).
+SWAGGER_UI_VERSION := 5.35.0
+REDOC_VERSION := 2.5.4
+DOCS_ASSETS := static/docs
+
+docs-assets:  ## re-fetch the vendored docs assets from the npm registry (needs npm)
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) redoc@$(REDOC_VERSION) >/dev/null \
+		&& mkdir swagger redoc \
+		&& tar -xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz -C swagger \
+		&& tar -xzf redoc-$(REDOC_VERSION).tgz -C redoc); \
+	for f in swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css favicon-32x32.png; do \
+		cp "$$tmp/swagger/package/$$f" $(DOCS_ASSETS)/; done; \
+	cp "$$tmp/swagger/package/LICENSE" $(DOCS_ASSETS)/LICENSE.swagger-ui; \
+	cp "$$tmp/swagger/package/NOTICE" $(DOCS_ASSETS)/NOTICE.swagger-ui; \
+	for f in redoc.standalone.js redoc.standalone.js.LICENSE.txt; do \
+		cp "$$tmp/redoc/package/bundles/$$f" $(DOCS_ASSETS)/; done; \
+	cp "$$tmp/redoc/package/LICENSE" $(DOCS_ASSETS)/LICENSE.redoc; \
+	cd $(DOCS_ASSETS) && sha256sum swagger-ui-bundle.js swagger-ui.css favicon-32x32.png \
+		redoc.standalone.js > SHA256SUMS; \
+	echo "$(DOCS_ASSETS): swagger-ui-dist $(SWAGGER_UI_VERSION), redoc $(REDOC_VERSION);" \
+		"update the versions in $(DOCS_ASSETS)/README.md if they changed"
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Performance: the service against a framework-free ceiling app, side by side (bench/run.py).
+# Needs the local PostgreSQL and Redis and wrk (installed with apt-get when missing and root).
+.PHONY: bench bench-quick
+BENCH_ARGS ?=
+
+bench: install  ## ~10 s per run; (re)seeds the blog_bench database when needed; BENCH_ARGS=--reseed
+	$(BIN)/python bench/run.py --duration 10 $(BENCH_ARGS)
+
+bench-quick: install  ## the regression check: the same workloads at ~3 s per run
+	$(BIN)/python bench/run.py --duration 3 $(BENCH_ARGS)

@@ -151,6 +151,7 @@ class RedisHub(LocalHub):
         self.redis = redis
         self.channel = redis.channel(CHANNEL)
         self._listener: asyncio.Task[None] | None = None
+        self._stopping = False
         self.subscribed = asyncio.Event()
 
     async def start(self) -> None:
@@ -158,10 +159,12 @@ class RedisHub(LocalHub):
 
     async def stop(self) -> None:
         await super().stop()
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        self._stopping = True
+        listener = self._listener
+        # redis-py's get_message can swallow a cancellation; insist until the task is done.
+        while listener is not None and not listener.done():
+            listener.cancel()
+            await asyncio.wait({listener}, timeout=0.5)
 
     async def publish(self, post_id: int, event: dict[str, Any]) -> None:
         message = json.dumps({"post_id": post_id, "event": event})
@@ -175,13 +178,13 @@ class RedisHub(LocalHub):
         await self.redis.call("realtime", shared, local)
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             pubsub: PubSub = self.redis.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self.subscribed.set()
                 self.redis.mark_ok()
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._on_message(message)

@@ -1,0 +1,106 @@
+"""`/docs` (Swagger UI) and `/redoc` served with assets vendored in static/docs: no CDN needed.
+
+Each docs page carries its own Content-Security-Policy, which SecurityHeadersMiddleware keeps:
+the page's inline script is allowed by its SHA-256 hash, everything else must come from this
+service (see security_headers.docs_content_security_policy).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from starlette.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
+
+from security_headers import docs_content_security_policy
+
+DOCS_ASSETS_DIR = Path(__file__).resolve().parent / "static" / "docs"
+ASSETS_PATH = "/static/docs"
+SWAGGER_PATH = "/docs"
+OAUTH2_REDIRECT_PATH = "/docs/oauth2-redirect"
+REDOC_PATH = "/redoc"
+
+SWAGGER_JS = "swagger-ui-bundle.js"
+SWAGGER_CSS = "swagger-ui.css"
+FAVICON = "favicon-32x32.png"
+REDOC_JS = "redoc.standalone.js"
+
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+def inline_script_hashes(html: str) -> list[str]:
+    """CSP source expressions ('sha256-...') for every inline <script> of the page."""
+    return [
+        "'sha256-{}'".format(
+            base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode("ascii")
+        )
+        for body in _INLINE_SCRIPT.findall(html)
+    ]
+
+
+def with_policy(page: HTMLResponse) -> HTMLResponse:
+    """The page with a CSP that admits exactly its own inline scripts and local assets."""
+    html = bytes(page.body).decode("utf-8")
+    page.headers["Content-Security-Policy"] = docs_content_security_policy(
+        inline_script_hashes(html)
+    )
+    return page
+
+
+def install_docs(app: FastAPI) -> None:
+    """Serve Swagger UI at /docs and ReDoc at /redoc from local assets; needs app.openapi_url."""
+    openapi_url = app.openapi_url
+    if openapi_url is None:
+        raise RuntimeError("install_docs needs the OpenAPI schema (openapi_url) to be enabled")
+    if not (DOCS_ASSETS_DIR / SWAGGER_JS).is_file() or not (DOCS_ASSETS_DIR / REDOC_JS).is_file():
+        raise RuntimeError(f"docs assets missing in {DOCS_ASSETS_DIR}; run `make docs-assets`")
+    app.mount(ASSETS_PATH, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+
+    def prefix(request: Request) -> str:
+        root_path: str = request.scope.get("root_path", "")
+        return root_path.rstrip("/")
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = prefix(request)
+        return with_policy(
+            get_swagger_ui_html(
+                openapi_url=root + openapi_url,
+                title=f"{app.title} - Swagger UI",
+                swagger_js_url=f"{root}{ASSETS_PATH}/{SWAGGER_JS}",
+                swagger_css_url=f"{root}{ASSETS_PATH}/{SWAGGER_CSS}",
+                swagger_favicon_url=f"{root}{ASSETS_PATH}/{FAVICON}",
+                oauth2_redirect_url=root + OAUTH2_REDIRECT_PATH,
+                init_oauth=app.swagger_ui_init_oauth,
+                swagger_ui_parameters=app.swagger_ui_parameters,
+            )
+        )
+
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return with_policy(get_swagger_ui_oauth2_redirect_html())
+
+    async def redoc(request: Request) -> HTMLResponse:
+        root = prefix(request)
+        return with_policy(
+            get_redoc_html(
+                openapi_url=root + openapi_url,
+                title=f"{app.title} - ReDoc",
+                redoc_js_url=f"{root}{ASSETS_PATH}/{REDOC_JS}",
+                redoc_favicon_url=f"{root}{ASSETS_PATH}/{FAVICON}",
+                with_google_fonts=False,
+            )
+        )
+
+    app.add_api_route(SWAGGER_PATH, swagger_ui, methods=["GET"], include_in_schema=False)
+    app.add_api_route(
+        OAUTH2_REDIRECT_PATH, swagger_ui_redirect, methods=["GET"], include_in_schema=False
+    )
+    app.add_api_route(REDOC_PATH, redoc, methods=["GET"], include_in_schema=False)
