@@ -32,9 +32,10 @@ PASSWORD = "password123"
 def cheap_password_hashing() -> Iterator[None]:
     """Argon2 at its production cost takes a large share of a second per hash; tests of
     behaviour use the same algorithm with minimal cost (subprocess servers keep the real one)."""
-    import security
     from pwdlib import PasswordHash
     from pwdlib.hashers.argon2 import Argon2Hasher
+
+    import security
 
     original = security.password_hasher, security.DUMMY_PASSWORD_HASH
     security.password_hasher = PasswordHash(
