@@ -31,6 +31,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def get_optional_user(
+    connection: HTTPConnection,
     session: SessionDep,
     settings: SettingsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
@@ -42,6 +43,7 @@ async def get_optional_user(
     user = await crud.get_user(session, user_id)
     if user is None:
         raise InvalidToken()
+    connection.state.user_id = user.id  # for the access log (observability.py)
     return user
 
 

@@ -9,6 +9,7 @@ import logging
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 import crud
+import observability
 from errors import AppError
 from models import User
 from realtime import CLOSE_POLICY, MAX_MESSAGE_CHARS, LiveSocket, LocalHub
@@ -51,6 +52,7 @@ async def post_updates(websocket: WebSocket, post_id: ObjectId, token: str | Non
         is_admin=viewer is not None and viewer.role == "admin",
     )
     hub.add(socket)
+    observability.websocket_opened()
     sender = asyncio.create_task(socket.run_sender())
     try:
         while not socket.closing:
@@ -62,6 +64,7 @@ async def post_updates(websocket: WebSocket, post_id: ObjectId, token: str | Non
         pass
     finally:
         hub.remove(socket)
+        observability.websocket_closed()
         if not socket.closing:
             socket.close_soon(1000)
         with contextlib.suppress(asyncio.TimeoutError, Exception):
