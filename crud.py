@@ -55,6 +55,8 @@ async def get_user(session: AsyncSession, user_id: int) -> User | None:
 
 
 async def get_user_by_username(session: AsyncSession, username: str) -> User | None:
+    if "\x00" in username:  # no username holds one, and PostgreSQL would fail on it
+        return None
     query = select(User).where(func.lower(User.username) == username.lower())
     return (await session.execute(query)).scalar_one_or_none()
 

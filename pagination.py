@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -50,10 +50,13 @@ class Cursor:
             raise InvalidCursor("The cursor is not one this service issued") from None
         if parsed.tzinfo is None:
             raise InvalidCursor("The cursor is not one this service issued")
-        return parsed
+        try:
+            return parsed.astimezone(UTC)  # the bind does this too; year 1/9999 overflow here
+        except OverflowError:
+            raise InvalidCursor("The cursor is not one this service issued") from None
 
     def str_value(self) -> str:
-        if not isinstance(self.value, str):
+        if not isinstance(self.value, str) or "\x00" in self.value:  # PostgreSQL text has no NUL
             raise InvalidCursor("The cursor is not one this service issued")
         return self.value
 

@@ -32,16 +32,33 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _no_nul(value: str) -> str:
+    """PostgreSQL text cannot hold NUL (a 500 there, stored on SQLite): refused on both."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 Username = Annotated[
     str, StringConstraints(min_length=3, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$")
 ]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
+    AfterValidator(_no_nul),
+]
 Content = Annotated[
-    str, StringConstraints(min_length=1, max_length=100_000), AfterValidator(_not_blank)
+    str,
+    StringConstraints(min_length=1, max_length=100_000),
+    AfterValidator(_not_blank),
+    AfterValidator(_no_nul),
 ]
 CommentText = Annotated[
-    str, StringConstraints(min_length=1, max_length=500), AfterValidator(_not_blank)
+    str,
+    StringConstraints(min_length=1, max_length=500),
+    AfterValidator(_not_blank),
+    AfterValidator(_no_nul),
 ]
 
 

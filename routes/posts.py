@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -35,6 +36,10 @@ def _listed_etags(header: str) -> list[str]:
     return [tag.strip() for tag in header.split(",") if tag.strip()]
 
 
+# The exact spelling etag_of() produces: no leading zeros, ASCII digits only.
+STRONG_ETAG = re.compile(r'^"(?P<post>[1-9][0-9]{0,9})-(?P<version>[1-9][0-9]{0,9})"$')
+
+
 def expected_versions(if_match: str | None, post_id: int) -> set[int] | None:
     """The versions an If-Match header accepts; None when it does not constrain (absent, `*`)."""
     if if_match is None:
@@ -44,11 +49,9 @@ def expected_versions(if_match: str | None, post_id: int) -> set[int] | None:
         return None
     versions = set()
     for tag in tags:
-        if not (tag.startswith('"') and tag.endswith('"')):
-            continue  # weak or malformed validators never match strongly
-        post_part, _, version = tag[1:-1].partition("-")
-        if post_part == str(post_id) and version.isdigit() and int(version) <= MAX_ID:
-            versions.add(int(version))
+        match = STRONG_ETAG.match(tag)  # weak or malformed validators never match strongly
+        if match and int(match["post"]) == post_id and int(match["version"]) <= MAX_ID:
+            versions.add(int(match["version"]))
     if not versions:
         raise PreconditionFailed()
     return versions
@@ -57,6 +60,19 @@ def expected_versions(if_match: str | None, post_id: int) -> set[int] | None:
 def _post_response(post: Post, response: Response) -> PostRead:
     response.headers["ETag"] = etag_of(post)
     return PostRead.model_validate(post)
+
+
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: 422, not a driver error
+
+
+def _utc_bound(value: datetime | None, name: str) -> datetime | None:
+    """A date filter in UTC; 422 when the conversion leaves the calendar (year 1 or 9999)."""
+    if value is None:
+        return None
+    try:
+        return crud.as_utc(value)
+    except OverflowError:
+        raise InvalidQuery(["query", name], f"{name} is out of range") from None
 
 
 IfMatch = Annotated[
@@ -77,7 +93,8 @@ async def list_posts(
         str | None, Query(max_length=512, description="From the previous page's Link header.")
     ] = None,
     author: Annotated[
-        str | None, Query(min_length=1, max_length=50, description="Username substring.")
+        str | None,
+        Query(min_length=1, max_length=50, pattern=NO_NUL, description="Username substring."),
     ] = None,
     min_date: Annotated[
         datetime | None, Query(description="created_at ≥ this (UTC if naive).")
@@ -86,7 +103,8 @@ async def list_posts(
         datetime | None, Query(description="created_at ≤ this (UTC if naive).")
     ] = None,
     q: Annotated[
-        str | None, Query(min_length=1, max_length=200, description="Full-text search.")
+        str | None,
+        Query(min_length=1, max_length=200, pattern=NO_NUL, description="Full-text search."),
     ] = None,
     published: Annotated[
         bool, Query(description="false: your own drafts (admins: all drafts); needs a token.")
@@ -102,8 +120,8 @@ async def list_posts(
         raise NotAuthenticated("Sign in to list drafts")
     filters = PostFilters(
         author=author,
-        min_date=crud.as_utc(min_date) if min_date else None,
-        max_date=crud.as_utc(max_date) if max_date else None,
+        min_date=_utc_bound(min_date, "min_date"),
+        max_date=_utc_bound(max_date, "max_date"),
         q=q,
         published=published,
         sort=sort,
@@ -142,7 +160,9 @@ async def get_post(
     entry, hit = await reader.read(post_id, viewer)
     headers = {"ETag": entry.etag, "X-Cache": "HIT" if hit else "MISS"}
     if if_none_match is not None and (
-        entry.etag in _listed_etags(if_none_match) or if_none_match.strip() == "*"
+        # If-None-Match compares weakly (RFC 9110 13.1.2): W/"x" matches "x".
+        entry.etag in [tag.removeprefix("W/") for tag in _listed_etags(if_none_match)]
+        or if_none_match.strip() == "*"
     ):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     return Response(entry.body, media_type="application/json", headers=headers)
