@@ -1,0 +1,202 @@
+"""Alembic: the migrations build exactly the models' schema, both ways, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
+from conftest import ROOT, alembic_upgrade, in_own_thread, reset_postgres_schema
+
+from alembic import command
+
+pytestmark = [
+    # autogenerate cannot compare expression indexes on SQLite; they are checked by name below
+    pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression"),
+    pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based"),
+]
+
+SQLITE_INDEXES = {
+    "uq_users_username_lower",
+    "uq_posts_title_lower",
+    "ix_posts_published_created",
+    "ix_posts_published_updated",
+    "ix_posts_published_title",
+    "ix_posts_author_created",
+}
+SQLITE_TRIGGERS = {"posts_fts_insert", "posts_fts_delete", "posts_fts_update"}
+
+
+def alembic_config(database_url: str) -> AlembicConfig:
+    config = AlembicConfig(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def _check(database_url: str) -> None:
+    # autogenerate against the models with env.py's own include_object; raises on any difference
+    command.check(alembic_config(database_url))
+
+
+def _downgrade_base(database_url: str) -> None:
+    command.downgrade(alembic_config(database_url), "base")
+
+
+def check(database_url: str) -> None:
+    in_own_thread(_check, database_url)
+
+
+def downgrade_base(database_url: str) -> None:
+    in_own_thread(_downgrade_base, database_url)
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite+aiosqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+# --- SQLite --------------------------------------------------------------------------------------
+
+
+def sqlite_objects(path: Path) -> dict[str, set[str]]:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT type, name FROM sqlite_master").fetchall()
+    objects: dict[str, set[str]] = {}
+    for kind, name in rows:
+        objects.setdefault(kind, set()).add(name)
+    return objects
+
+
+def sqlite_version(path: Path) -> list[str]:
+    with sqlite3.connect(path) as connection:
+        return [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
+
+
+def assert_sqlite_schema(path: Path) -> None:
+    objects = sqlite_objects(path)
+    assert {"users", "posts", "alembic_version", "posts_fts"} <= objects["table"]
+    assert objects["index"] >= SQLITE_INDEXES
+    assert objects.get("trigger", set()) >= SQLITE_TRIGGERS
+    with sqlite3.connect(path) as connection:
+        sql = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+    for name in ("uq_users_username_lower", "uq_posts_title_lower"):
+        assert "UNIQUE" in sql[name].upper() and "lower(" in sql[name].lower()
+    assert sqlite_version(path) == [head_revision()]
+
+
+def test_sqlite_upgrade_matches_the_models(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    alembic_upgrade(url)
+    assert_sqlite_schema(path)
+    check(url)
+
+
+def test_sqlite_downgrade_then_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "cycle.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    alembic_upgrade(url)
+    downgrade_base(url)
+    objects = sqlite_objects(path)
+    assert objects.get("table", set()) <= {"alembic_version"}
+    assert not objects.get("trigger")
+    assert sqlite_version(path) == []
+    alembic_upgrade(url)
+    assert_sqlite_schema(path)
+    check(url)
+
+
+def test_sqlite_search_index_follows_writes(tmp_path: Path) -> None:
+    """The FTS triggers the migration installs keep posts_fts in step with posts."""
+    path = tmp_path / "fts.db"
+    alembic_upgrade(f"sqlite+aiosqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO users (id, username, email, password_hash, role, created_at) "
+            "VALUES (1, 'u', 'u@example.com', 'x', 'user', '2026-01-01 00:00:00.000000')"
+        )
+        connection.execute(
+            "INSERT INTO posts (id, title, content, published, author_id, version, created_at, "
+            "updated_at) VALUES (1, 'Otter', 'river', 1, 1, 1, '2026-01-01 00:00:00.000000', "
+            "'2026-01-01 00:00:00.000000')"
+        )
+
+        def match(word: str) -> list[int]:
+            query = "SELECT rowid FROM posts_fts WHERE posts_fts MATCH ?"
+            return [row[0] for row in connection.execute(query, (word,))]
+
+        assert match("otter") == [1]
+        connection.execute("UPDATE posts SET title = 'Beaver' WHERE id = 1")
+        assert match("otter") == []
+        assert match("beaver") == [1]
+        connection.execute("DELETE FROM posts WHERE id = 1")
+        assert match("beaver") == []
+        assert match("river") == []
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def postgres_query(url: str, query: str) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return list(await connection.fetch(query))
+        finally:
+            await connection.close()
+
+    result: list[asyncpg.Record] = in_own_thread(asyncio.run, run())
+    return result
+
+
+def assert_postgres_schema(url: str) -> None:
+    tables = {
+        row["tablename"]
+        for row in postgres_query(url, "SELECT tablename FROM pg_tables WHERE schemaname='public'")
+    }
+    assert {"users", "posts", "alembic_version"} <= tables
+    indexes = {
+        row["indexname"]: row["indexdef"]
+        for row in postgres_query(
+            url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+        )
+    }
+    assert SQLITE_INDEXES | {"ix_posts_search"} <= set(indexes)
+    for name in ("uq_users_username_lower", "uq_posts_title_lower"):
+        assert "UNIQUE" in indexes[name] and "lower(" in indexes[name]
+    assert "USING gin" in indexes["ix_posts_search"]
+    assert "to_tsvector('english'" in indexes["ix_posts_search"]
+    versions = [row["version_num"] for row in postgres_query(url, "SELECT * FROM alembic_version")]
+    assert versions == [head_revision()]
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_downgrade_upgrade(postgres_url: str) -> None:
+    """From an empty schema to head, back to base and to head again (ends at head, so the
+    session's other PostgreSQL tests keep working)."""
+    try:
+        reset_postgres_schema(postgres_url)
+        alembic_upgrade(postgres_url)
+        assert_postgres_schema(postgres_url)
+        check(postgres_url)
+
+        downgrade_base(postgres_url)
+        tables = {
+            row["tablename"]
+            for row in postgres_query(
+                postgres_url, "SELECT tablename FROM pg_tables WHERE schemaname='public'"
+            )
+        }
+        assert tables <= {"alembic_version"}
+        assert postgres_query(postgres_url, "SELECT * FROM alembic_version") == []
+    finally:
+        alembic_upgrade(postgres_url)
+    assert_postgres_schema(postgres_url)
+    check(postgres_url)
