@@ -22,7 +22,8 @@ SessionDep = Annotated[AsyncSession, Depends(get_db)]
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
 
 
-def get_settings(connection: HTTPConnection) -> Settings:
+async def get_settings(connection: HTTPConnection) -> Settings:
+    """The app's settings (async: a sync dependency would cost a threadpool hop)."""
     settings: Settings = connection.app.state.settings
     return settings
 

@@ -54,7 +54,7 @@ class Effects:
         await self.hub.publish(post_id, {"type": "comment_deleted", "comment_id": comment_id})
 
 
-def get_effects(connection: HTTPConnection) -> Effects:
+async def get_effects(connection: HTTPConnection) -> Effects:
     effects: Effects = connection.app.state.effects
     return effects
 
@@ -62,7 +62,7 @@ def get_effects(connection: HTTPConnection) -> Effects:
 EffectsDep = Annotated[Effects, Depends(get_effects)]
 
 
-def get_post_reader(connection: HTTPConnection) -> PostReader:
+async def get_post_reader(connection: HTTPConnection) -> PostReader:
     reader: PostReader = connection.app.state.post_reader
     return reader
 
