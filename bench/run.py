@@ -1,0 +1,1170 @@
+"""`make bench` / `make bench-quick`: the service against its ceiling, side by side, with wrk.
+
+What it does, all on loopback and bounded in time:
+
+1. the database `blog_bench` on the local PostgreSQL: created (DROP/CREATE) and migrated with
+   `manage.py migrate`, seeded with `manage.py seed-demo` (100,000 posts, 500 users) unless it
+   already holds exactly that (`--reseed` forces a fresh one), then VACUUM ANALYZE;
+2. the ceiling app (bench/ceiling.py: Starlette + asyncpg + orjson, no framework layers) and ONE
+   service worker (`uvicorn main:app --workers 1 --no-access-log`) with production settings:
+   ENVIRONMENT=production and a random 48-char SECRET_KEY, Redis (db 5, flushed) for the cache,
+   rate limits and fan-out, rate limiting on with limits far above what one worker can serve,
+   JSON logs to a file under bench/results/; CACHE_TTL_SECONDS=0 for the "cache off" workload and
+   300 (the default) for the rest, the worker restarted in between;
+3. per workload: a short unmeasured warm-up of each side, then wrk (64 connections, 2 threads,
+   --latency) alternating service, ceiling, service, ceiling;
+4. a report: per-run figures, a Markdown table for the README, the issue's targets with
+   PASS/FAIL, the worker's peak RSS (VmHWM). Also saved to bench/results/.
+
+Run with the project's venv: `.venv/bin/python bench/run.py [--duration 10] [--reseed]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import math
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+WRK_SCRIPTS = BENCH / "wrk"
+HOST = "127.0.0.1"
+DEMO_PASSWORD = "demo-password"
+BENCH_TITLE_PREFIX = "[bench] "  # titles of the posts the create workload writes
+# Per-second windows keep the moving-window lists in Redis short (a list holds up to `limit`
+# entries) while being far above what one worker serves: never triggered, always counted.
+RATE_LIMIT = "20000/second"
+SERVICE_START_TIMEOUT = 60.0
+WRK_TIMEOUT = "30s"  # per request; slow workloads show up in the latencies, not as errors
+PROFILE_RATE = 200  # py-spy samples per second
+
+
+class BenchError(Exception):
+    """A failure that ends the run: printed as one line, exit code 1."""
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="seconds of warm-up per side (default d/5, ≥1)"
+    )
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pg", default="postgresql://root@127.0.0.1:5432", help="server URL")
+    parser.add_argument("--db", default="blog_bench", help="database name (dropped on --reseed)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/5", help="flushed each start")
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--posts", type=int, default=100_000)
+    parser.add_argument("--reseed", action="store_true", help="drop, migrate and seed again")
+    parser.add_argument("--depth", type=int, default=99_000, help="deep page position")
+    parser.add_argument("--q", default="python", help="search word (seed-demo's most common)")
+    parser.add_argument("--author", default="user_42", help="author username substring")
+    parser.add_argument("--ids", type=int, default=2_000, help="random published ids to read")
+    parser.add_argument(
+        "--only", default="", help="comma-separated workload keys to run (default: all)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after each workload, one extra unmeasured service run under `py-spy record`;\n"
+        "summaries in the report, collapsed stacks in bench/results/ (py-spy on PATH)",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    args = parser.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = max(1, round(args.duration / 5))
+    if args.duration < 1 or args.connections < 1 or args.threads < 1:
+        parser.error("duration, connections and threads must be 1 or more")
+    return args
+
+
+# --- wrk ---------------------------------------------------------------------------------------
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if match is None:
+        raise BenchError(f"cannot read wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    output: str
+    cpu_ms: float = float("nan")  # the server process's CPU time per finished request
+
+    @property
+    def errors(self) -> int:
+        return self.non_2xx + self.socket_errors
+
+    def line(self) -> str:
+        errors = f"  errors {self.errors}" if self.errors else ""
+        return (
+            f"{self.rps:9.1f} req/s  p50 {fmt(self.p50_ms, 2):>7} ms  p99 {fmt(self.p99_ms, 2):>7}"
+            f" ms  CPU {fmt(self.cpu_ms, 2):>5} ms/req  ({self.requests} requests){errors}"
+        )
+
+
+def busy_warning(*loads: float) -> str:
+    cpus = os.cpu_count() or 1
+    if max(loads) > cpus:
+        return (
+            f": **more runnable work than the {cpus} CPUs: other processes were competing, "
+            "the figures are lower and noisier than on an idle machine**"
+        )
+    return ""
+
+
+def rate(value: float) -> str:
+    """Requests per second: whole numbers, one decimal below 100."""
+    return fmt(value, 1 if value < 100 else 0)
+
+
+def fmt(value: float, decimals: int = 1) -> str:
+    """A figure for the report; `-` when there is none (no request finished in a run)."""
+    return "-" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def parse_wrk(output: str) -> WrkResult:
+    def find(pattern: str) -> re.Match[str] | None:
+        return re.search(pattern, output, re.MULTILINE)
+
+    rps = find(r"^Requests/sec:\s+([\d.]+)")
+    p50 = find(r"^\s+50%\s+(\S+)")
+    p99 = find(r"^\s+99%\s+(\S+)")
+    total = find(r"^\s+(\d+) requests in")
+    if not (rps and p50 and p99 and total):
+        raise BenchError("wrk printed no results:\n" + output)
+    non_2xx = find(r"Non-2xx or 3xx responses:\s+(\d+)")
+    sockets = find(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+    requests = int(total.group(1))
+    nan = float("nan")
+    return WrkResult(
+        rps=float(rps.group(1)),
+        p50_ms=_ms(p50.group(1)) if requests else nan,
+        p99_ms=_ms(p99.group(1)) if requests else nan,
+        requests=requests,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+        output=output,
+    )
+
+
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    apt = shutil.which("apt-get")
+    if apt and os.geteuid() == 0:
+        log("wrk is missing: apt-get install -y wrk")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = [apt, "install", "-y", "-qq", "wrk"]
+        if subprocess.run(install, env=env, check=False, timeout=600).returncode != 0:
+            subprocess.run([apt, "update", "-qq"], env=env, check=False, timeout=600)
+            subprocess.run(install, env=env, check=False, timeout=600)
+        path = shutil.which("wrk")
+        if path:
+            return path
+    raise BenchError("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
+
+
+# --- databases, Redis, processes -------------------------------------------------------------
+
+
+def run_sql(dsn: str, work: Callable[[asyncpg.Connection], Any]) -> Any:
+    async def go() -> Any:
+        connection = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return await work(connection)
+        finally:
+            await connection.close()
+
+    return asyncio.run(go())
+
+
+def flush_redis(url: str) -> str:
+    import redis  # the service's own dependency
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+        version: str = client.info("server").get("redis_version", "?")
+        return version
+    finally:
+        client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def fetch(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    connection: http.client.HTTPConnection | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    own = connection is None
+    conn = connection or http.client.HTTPConnection(HOST, port, timeout=120)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+    finally:
+        if own:
+            conn.close()
+
+
+class Server:
+    """A uvicorn process we started (its own session), stopped by its pid only."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path):
+        self.name = name
+        self.log_path = log_path
+        self.port = int(command[command.index("--port") + 1])
+        self.log_file = log_path.open("ab")
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_file,
+            stderr=self.log_file,
+            start_new_session=True,
+        )
+
+    @property
+    def worker_pid(self) -> int:
+        """The process that serves: uvicorn itself, or its only child if it forked one."""
+        pid = self.process.pid
+        with suppress(OSError):
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if len(children) == 1:
+                return int(children[0])
+        return pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the worker so far (NaN when it cannot be read)."""
+        with suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{self.worker_pid}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()  # after `(comm)`: state is field 3
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return float("nan")
+
+    def memory_mb(self) -> dict[str, float]:
+        """VmHWM (peak resident set) and VmRSS (now) of the worker, in MiB."""
+        found = {}
+        with suppress(OSError):
+            for line in Path(f"/proc/{self.worker_pid}/status").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name in ("VmHWM", "VmRSS"):
+                    found[name] = int(value.split()[0]) / 1024
+        return found
+
+    def wait_ready(self, path: str) -> None:
+        deadline = time.monotonic() + SERVICE_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"{self.name} exited ({self.process.returncode}):\n{self.tail()}")
+            with suppress(OSError, http.client.HTTPException):
+                if fetch(self.port, "GET", path)[0] == 200:
+                    return
+            time.sleep(0.2)
+        raise BenchError(f"{self.name} not ready after {SERVICE_START_TIMEOUT:g}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        with suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def log_levels(self) -> Counter[str]:
+        """Log records per level since the last call; the log is emptied (bounded disk use)."""
+        counts: Counter[str] = Counter()
+        with suppress(OSError):
+            with self.log_path.open("rb") as handle:
+                for line in handle:
+                    match = re.search(rb'"level": "([A-Z]+)"', line)
+                    if match:
+                        counts[match.group(1).decode()] += 1
+            os.truncate(self.log_path, 0)  # the server appends (O_APPEND): safe to empty
+        return counts
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self.log_file.close()
+
+
+# --- workloads ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    key: str
+    title: str
+    request: str  # what the table shows
+    path: str = "/"
+    script: str | None = None
+    script_args: Callable[[str], list[str]] = field(default=lambda _tag: [])
+    min_seconds: int = 0  # slow workloads: long enough runs for requests to finish
+    service_runs: list[WrkResult] = field(default_factory=list)
+    ceiling_runs: list[WrkResult] = field(default_factory=list)
+    log_levels: Counter[str] = field(default_factory=Counter)
+    profile: str | None = None
+
+    @staticmethod
+    def _mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    def rps(self, side: str) -> float:
+        return self._mean([r.rps for r in self.runs(side)])
+
+    def p50(self, side: str) -> float:
+        return self._mean([r.p50_ms for r in self.runs(side) if r.requests])
+
+    def p99(self, side: str) -> float:
+        return max((r.p99_ms for r in self.runs(side) if r.requests), default=float("nan"))
+
+    def errors(self, side: str) -> int:
+        return sum(r.errors for r in self.runs(side))
+
+    def cpu_ms(self, side: str) -> float:
+        return self._mean([r.cpu_ms for r in self.runs(side) if r.requests])
+
+    def runs(self, side: str) -> list[WrkResult]:
+        return self.service_runs if side == "service" else self.ceiling_runs
+
+    @property
+    def ratio(self) -> float:
+        ceiling = self.rps("ceiling")
+        return self.rps("service") / ceiling if ceiling else float("nan")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.wrk = ensure_wrk()
+        self.dsn = f"{args.pg.rstrip('/')}/{args.db}"
+        self.admin_dsn = f"{args.pg.rstrip('/')}/postgres"
+        self.secret = secrets.token_urlsafe(36)  # 48 characters
+        self.ports = {"service": free_port(), "ceiling": free_port()}
+        self.run_tag = secrets.token_hex(3)
+        self.servers: list[Server] = []
+        self.service: Server | None = None
+        self.ceiling: Server | None = None
+        self.token = ""
+        self.facts: dict[str, Any] = {}
+        self.peak_rss: dict[str, float] = {}
+        self.rss_notes: dict[str, str] = {}
+        self.login_phase = ""
+        self.checks: list[str] = []
+        only = {key.strip() for key in args.only.split(",") if key.strip()}
+        self.only = only
+
+    # -- environment ---------------------------------------------------------------------------
+
+    def service_env(self, cache_ttl: int) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
+        env.update(
+            DATABASE_URL=self.dsn,
+            REDIS_URL=self.args.redis,
+            ENVIRONMENT="production",
+            SECRET_KEY=self.secret,
+            RATE_LIMIT_ENABLED="true",
+            RATE_LIMIT_READ=RATE_LIMIT,
+            RATE_LIMIT_WRITE=RATE_LIMIT,
+            RATE_LIMIT_LOGIN="10/minute",
+            LOG_FORMAT="json",
+            LOG_LEVEL="INFO",
+            CACHE_TTL_SECONDS=str(cache_ttl),
+            ACCESS_TOKEN_EXPIRE_MINUTES="240",
+            DB_POOL_SIZE="10",
+            DB_MAX_OVERFLOW="10",
+            SMTP_HOST="",
+            NOTIFY_EMAIL="",
+            CORS_ORIGINS="",
+        )
+        return env
+
+    def manage(self, *arguments: str, timeout: float) -> None:
+        command = [sys.executable, "manage.py", *arguments]
+        log(f"$ DATABASE_URL={self.dsn} python {' '.join(command[1:])}")
+        result = subprocess.run(
+            command, cwd=ROOT, env=self.service_env(300), timeout=timeout, check=False
+        )
+        if result.returncode != 0:
+            raise BenchError(f"manage.py {arguments[0]} failed (exit {result.returncode})")
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def prepare_database(self) -> None:
+        args = self.args
+
+        async def exists(connection: asyncpg.Connection) -> bool:
+            query = "SELECT 1 FROM pg_database WHERE datname = $1"
+            found = await connection.fetchval(query, args.db)
+            return bool(found)
+
+        try:
+            present = run_sql(self.admin_dsn, exists)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BenchError(f"cannot reach PostgreSQL at {self.admin_dsn}: {exc}") from None
+        if present and not args.reseed:
+            self.manage("migrate", timeout=300)
+            self.delete_bench_posts()
+            users, posts = run_sql(self.dsn, self._counts)
+            if (users, posts) == (args.users, args.posts):
+                log(f"{args.db}: already seeded ({users} users, {posts} posts); --reseed redoes it")
+                return
+            log(f"{args.db} holds {users} users and {posts} posts: seeding it afresh")
+
+        async def recreate(connection: asyncpg.Connection) -> None:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)')
+            await connection.execute(f'CREATE DATABASE "{args.db}"')
+
+        log(f"(re)creating database {args.db}")
+        run_sql(self.admin_dsn, recreate)
+        self.manage("migrate", timeout=300)
+        self.manage(
+            "seed-demo",
+            *("--users", str(args.users), "--posts", str(args.posts), "--comments", "0"),
+            *("--seed", "1", "--password", DEMO_PASSWORD),
+            timeout=3600,
+        )
+        self.vacuum(analyze=True)
+
+    @staticmethod
+    async def _counts(connection: asyncpg.Connection) -> tuple[int, int]:
+        users = await connection.fetchval("SELECT count(*) FROM users")
+        posts = await connection.fetchval("SELECT count(*) FROM posts")
+        return int(users), int(posts)
+
+    def vacuum(self, analyze: bool) -> None:
+        statements = ["VACUUM (ANALYZE) posts" if analyze else "VACUUM posts", "VACUUM users"]
+        log("; ".join(statements))
+
+        async def vacuum(connection: asyncpg.Connection) -> None:
+            for statement in statements:  # one by one: VACUUM refuses a transaction block
+                await connection.execute(statement)
+
+        run_sql(self.dsn, vacuum)
+
+    def delete_bench_posts(self) -> int:
+        async def delete(connection: asyncpg.Connection) -> int:
+            status: str = await connection.execute(
+                "DELETE FROM posts WHERE title LIKE $1", BENCH_TITLE_PREFIX + "%"
+            )
+            return int(status.split()[-1])
+
+        deleted: int = run_sql(self.dsn, delete)
+        if deleted:
+            log(f"deleted {deleted} posts written by the create workload")
+            self.vacuum(analyze=False)
+        return deleted
+
+    def gather_facts(self) -> None:
+        args = self.args
+
+        async def facts(connection: asyncpg.Connection) -> dict[str, Any]:
+            published = [
+                r[0] for r in await connection.fetch("SELECT id FROM posts WHERE published")
+            ]
+            depth = min(args.depth, len(published) - 20)
+            edge = await connection.fetchrow(
+                "SELECT created_at, id FROM posts WHERE published IS true "
+                "ORDER BY created_at DESC, id DESC OFFSET $1 LIMIT 1",
+                depth - 1,
+            )
+            username = await connection.fetchval(
+                "SELECT username FROM users WHERE username LIKE 'demo\\_user\\_%' ORDER BY id "
+                "LIMIT 1"
+            )
+            return {
+                "published_ids": published,
+                "depth": depth,
+                "edge": (edge[0], edge[1]),
+                "username": username,
+                "pg_version": await connection.fetchval("SHOW server_version"),
+                "posts": await connection.fetchval("SELECT count(*) FROM posts"),
+                "users": await connection.fetchval("SELECT count(*) FROM users"),
+            }
+
+        self.facts = run_sql(self.dsn, facts)
+        if self.facts["username"] is None:
+            raise BenchError(f"{args.db} has no demo_user_*; run with --reseed")
+        rng = random.Random(1)
+        published = self.facts.pop("published_ids")
+        self.facts["published"] = len(published)
+        ids = rng.sample(published, min(args.ids, len(published)))
+        self.ids = ids
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.ids_file = RESULTS / "ids.txt"
+        self.ids_file.write_text("".join(f"{i}\n" for i in ids))
+        created_at, post_id = self.facts["edge"]
+        self.cursor = encode_cursor(created_at, post_id)
+
+    # -- servers ---------------------------------------------------------------------------------
+
+    def start_ceiling(self) -> None:
+        env = self.service_env(0)
+        env["BENCH_DATABASE_URL"] = self.dsn
+        command = [
+            sys.executable,
+            *("-m", "uvicorn", "ceiling:app", "--app-dir", str(BENCH)),
+            *("--host", HOST, "--port", str(self.ports["ceiling"]), "--workers", "1"),
+            *("--no-access-log", "--log-level", "warning"),
+        ]
+        log_path = RESULTS / "ceiling.log"
+        log_path.write_bytes(b"")
+        self.ceiling = Server("ceiling", command, env, log_path)
+        self.servers.append(self.ceiling)
+        self.ceiling.wait_ready("/posts?limit=1")
+        log(f"ceiling: pid {self.ceiling.process.pid}, http://{HOST}:{self.ceiling.port}")
+
+    def start_service(self, cache_ttl: int) -> Server:
+        self.stop_service()
+        redis_version = flush_redis(self.args.redis)
+        self.facts["redis_version"] = redis_version
+        command = [
+            sys.executable,
+            *("-m", "uvicorn", "main:app", "--host", HOST, "--port", str(self.ports["service"])),
+            *("--workers", "1", "--no-access-log"),
+        ]
+        log_path = RESULTS / "service.log"
+        log_path.write_bytes(b"")
+        service = Server("service", command, self.service_env(cache_ttl), log_path)
+        self.servers.append(service)
+        self.service = service
+        service.wait_ready("/health/ready")
+        log(
+            f"service: pid {service.worker_pid}, http://{HOST}:{service.port}, "
+            f"CACHE_TTL_SECONDS={cache_ttl}"
+        )
+        return service
+
+    def stop_service(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+    def login(self) -> None:
+        assert self.service is not None
+        body = urlencode({"username": self.facts["username"], "password": DEMO_PASSWORD})
+        status, _, data = fetch(
+            self.service.port,
+            "POST",
+            "/auth/login",
+            body.encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        if status != 200:
+            raise BenchError(f"login as {self.facts['username']} failed: {status} {data[:200]!r}")
+        self.token = json.loads(data)["access_token"]
+
+    def warm_post_cache(self) -> None:
+        """Read every id once so the cache-on runs measure hits, not the first fills."""
+        assert self.service is not None
+        port = self.service.port
+        local = threading.local()
+        statuses: Counter[int] = Counter()
+        lock = threading.Lock()
+
+        def read(post_id: int) -> None:
+            if not hasattr(local, "connection"):
+                local.connection = http.client.HTTPConnection(HOST, port, timeout=120)
+            status = fetch(port, "GET", f"/posts/{post_id}", connection=local.connection)[0]
+            with lock:
+                statuses[status] += 1
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(read, self.ids))
+        log(f"cache warmed: {len(self.ids)} reads in {time.monotonic() - started:.1f}s {statuses}")
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def compare(self, label: str, path: str) -> None:
+        """The service and the ceiling answer the same status, JSON and Link for `path`."""
+        assert self.service is not None and self.ceiling is not None
+        self.drain()
+        answers = [fetch(server.port, "GET", path) for server in (self.service, self.ceiling)]
+        (s_status, s_headers, s_body), (c_status, c_headers, c_body) = answers
+        problems = []
+        if s_status != 200 or c_status != 200:
+            problems.append(f"status {s_status} vs {c_status}")
+        elif json.loads(s_body) != json.loads(c_body):
+            problems.append("different JSON")
+        if s_headers.get("link") != c_headers.get("link"):
+            problems.append(f"Link {s_headers.get('link')!r} vs {c_headers.get('link')!r}")
+        if s_headers.get("etag") != c_headers.get("etag"):
+            problems.append(f"ETag {s_headers.get('etag')!r} vs {c_headers.get('etag')!r}")
+        outcome = "same answer" if not problems else "MISMATCH: " + "; ".join(problems)
+        self.checks.append(f"{label}: {outcome}")
+        if s_status == 200 and isinstance(body := json.loads(s_body), list) and not body:
+            self.checks.append(f"{label}: WARNING: empty page")
+
+    def check_deep_pages(self) -> None:
+        """The cursor page and the offset page at the same depth hold the same posts."""
+        assert self.service is not None
+        self.drain()
+        ids = []
+        for path in self.workload_paths("deep_cursor", "deep_offset"):
+            status, _, body = fetch(self.service.port, "GET", path)
+            ids.append([post["id"] for post in json.loads(body)] if status == 200 else status)
+        outcome = "same posts" if ids[0] == ids[1] else f"MISMATCH {ids[0]} vs {ids[1]}"
+        self.checks.append(f"deep page by cursor vs by offset (service): {outcome}")
+
+    def workload_paths(self, *keys: str) -> list[str]:
+        by_key = {workload.key: workload for workload in self.workloads}
+        return [by_key[key].path for key in keys]
+
+    # -- measuring -------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Wait until the database runs no query of ours: wrk leaves requests in flight."""
+        deadline = time.monotonic() + 180
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' "
+            "AND pid <> pg_backend_pid()"
+        )
+        while time.monotonic() < deadline:
+            if not run_sql(self.dsn, lambda c: c.fetchval(query, self.args.db)):
+                return
+            time.sleep(0.5)
+        log("  warning: queries still running after 180 s")
+
+    def wrk_run(self, workload: Workload, server: Server, seconds: int, tag: str) -> WrkResult:
+        args = self.args
+        self.drain()
+        command = [
+            self.wrk,
+            *("-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s"),
+            *("--latency", "--timeout", WRK_TIMEOUT),
+        ]
+        if workload.script:
+            command += ["-s", str(WRK_SCRIPTS / workload.script)]
+        command.append(f"http://{HOST}:{server.port}{workload.path}")
+        extra = workload.script_args(tag)
+        if extra:
+            command += ["--", *extra]
+        cpu_before = server.cpu_seconds()
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds + 120, check=False
+        )
+        cpu = server.cpu_seconds() - cpu_before
+        if result.returncode != 0:
+            raise BenchError(f"wrk failed ({result.returncode}): {result.stderr or result.stdout}")
+        parsed = parse_wrk(result.stdout)
+        if parsed.requests:
+            parsed.cpu_ms = 1000 * cpu / parsed.requests
+        return parsed
+
+    def measure(self, workload: Workload) -> None:
+        assert self.service is not None and self.ceiling is not None
+        args = self.args
+        log(f"\n## {workload.title}: {workload.request}")
+        sides = (("service", self.service), ("ceiling", self.ceiling))
+        for name, server in sides:
+            warm = self.wrk_run(workload, server, args.warmup, f"{self.run_tag}-{name}-warm")
+            log(f"  {name:<8} warm-up: {warm.line()}")
+        seconds = max(args.duration, workload.min_seconds)
+        if seconds != args.duration:
+            log(f"  ({seconds} s per run: a request of this workload takes seconds)")
+        for run in (1, 2):
+            for name, server in sides:
+                tag = f"{self.run_tag}-{name}{run}"
+                result = self.wrk_run(workload, server, seconds, tag)
+                workload.runs(name).append(result)
+                log(f"  {name:<8} run {run}: {result.line()}")
+                if result.errors:
+                    log("    " + result.output.strip().replace("\n", "\n    "))
+        workload.log_levels = self.service.log_levels()
+        noisy = {k: v for k, v in workload.log_levels.items() if k not in ("INFO", "DEBUG")}
+        if noisy:
+            log(f"  service log records above INFO: {dict(noisy)}\n{self.service.tail(5)}")
+        log(
+            f"  => service {workload.rps('service'):.1f} req/s, ceiling "
+            f"{workload.rps('ceiling'):.1f} req/s, ratio {workload.ratio:.2f}"
+        )
+        if args.profile:
+            workload.profile = self.profile(workload)
+
+    def profile(self, workload: Workload) -> str:
+        """One more service run, unmeasured, sampled by py-spy; a summary of where time goes."""
+        assert self.service is not None
+        py_spy = shutil.which("py-spy")
+        if py_spy is None:
+            return "py-spy not on PATH (pip install --user py-spy): no profile"
+        out = RESULTS / f"profile-{workload.key}.txt"
+        seconds = self.args.duration
+        recorder = subprocess.Popen(
+            [
+                *(py_spy, "record", "-p", str(self.service.worker_pid), "-d", str(seconds)),
+                *("-r", str(PROFILE_RATE), "--gil", "-f", "raw", "-o", str(out)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            self.wrk_run(workload, self.service, seconds, f"{self.run_tag}-profile")
+            _, stderr = recorder.communicate(timeout=seconds + 60)
+        finally:
+            if recorder.poll() is None:
+                recorder.kill()
+                recorder.wait()
+        if recorder.returncode != 0 or not out.exists():
+            return f"py-spy failed ({recorder.returncode}): {stderr.strip()[-300:]}"
+        summary = summarize_profile(out, PROFILE_RATE * seconds)
+        log(summary)
+        return summary
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def define_workloads(self) -> None:
+        args = self.args
+        cursor = self.cursor
+        depth = self.facts["depth"]
+
+        def ids_file(_tag: str) -> list[str]:
+            return [str(self.ids_file)]
+
+        by_id = ("GET /posts/{random id}", "/", "by_id.lua", ids_file)
+        self.workloads = [
+            Workload("by_id_off", "by id, cache off", *by_id),
+            Workload("by_id_on", "by id, cache on", *by_id),
+            Workload("first_page", "first page", "GET /posts?limit=10", "/posts?limit=10"),
+            Workload(
+                "deep_cursor",
+                "deep page by cursor",
+                f"GET /posts?limit=10&cursor=… (position {depth:,})",
+                f"/posts?limit=10&cursor={cursor}",
+            ),
+            Workload(
+                "deep_offset",
+                "deep page by offset",
+                f"GET /posts?limit=10&skip={depth}",
+                f"/posts?limit=10&skip={depth}",
+                min_seconds=10,  # a request takes seconds at 64 connections
+            ),
+            Workload("search", "`q` search", f"GET /posts?q={args.q}", f"/posts?q={args.q}"),
+            Workload(
+                "author",
+                "`author` filter",
+                f"GET /posts?author={args.author}",
+                f"/posts?author={args.author}",
+            ),
+            Workload(
+                "create",
+                "create",
+                "POST /posts (signed in)",
+                "/posts",
+                script="create.lua",
+                script_args=lambda tag: [self.token, tag],
+            ),
+        ]
+        unknown = self.only - {w.key for w in self.workloads}
+        if unknown:
+            raise BenchError(f"unknown workload keys {sorted(unknown)}")
+
+    def wanted(self, key: str) -> bool:
+        return not self.only or key in self.only
+
+    def run(self) -> int:
+        args = self.args
+        started = datetime.now(UTC)
+        self.load_start = os.getloadavg()
+        self.prepare_database()
+        self.gather_facts()
+        self.define_workloads()
+        by_key = {w.key: w for w in self.workloads}
+        self.start_ceiling()
+
+        if self.wanted("by_id_off"):
+            self.start_service(cache_ttl=0)
+            self.login()
+            self.login_phase = "cache off"
+            for post_id in self.ids[:3]:
+                self.compare(f"GET /posts/{post_id}", f"/posts/{post_id}")
+            self.measure(by_key["by_id_off"])
+            self.record_rss("cache off")
+
+        on_keys = [w.key for w in self.workloads if w.key != "by_id_off" and self.wanted(w.key)]
+        if on_keys:
+            self.start_service(cache_ttl=300)
+            if not self.token:
+                self.login()
+                self.login_phase = "cache on"
+            for key in on_keys:
+                workload = by_key[key]
+                if key == "by_id_on":
+                    self.warm_post_cache()
+                elif key != "create":
+                    self.compare(workload.request, workload.path)
+                    if key == "deep_offset":
+                        self.check_deep_pages()
+                try:
+                    self.measure(workload)
+                finally:
+                    if key == "create":
+                        time.sleep(1)  # posts wrk abandoned mid-request may still be written
+                        self.drain()
+                        self.delete_bench_posts()
+            self.record_rss("cache on")
+        self.stop_service()
+        self.load_end = os.getloadavg()
+        report = self.report(started)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"bench-{started:%Y%m%d-%H%M%S}.md"
+        path.write_text(report)
+        log("\n" + report)
+        log(f"(report saved to {path.relative_to(ROOT)})")
+        failed = any(row[2] == "FAIL" for row in self.targets())
+        return 1 if args.strict and failed else 0
+
+    def record_rss(self, phase: str) -> None:
+        assert self.service is not None
+        memory = self.service.memory_mb()
+        if "VmHWM" in memory:
+            self.peak_rss[phase] = memory["VmHWM"]
+            self.rss_notes[phase] = f"now {memory.get('VmRSS', float('nan')):.1f} MB"
+            if self.login_phase == phase:
+                self.rss_notes[phase] += ", one login (argon2) in this worker"
+            peak = memory["VmHWM"]
+            log(f"service worker peak RSS ({phase}): {peak:.1f} MB, {self.rss_notes[phase]}")
+
+    def close(self) -> None:
+        for server in reversed(self.servers):
+            with suppress(Exception):
+                server.stop()
+
+    # -- report ----------------------------------------------------------------------------------
+
+    def measured(self) -> list[Workload]:
+        return [w for w in self.workloads if w.service_runs]
+
+    def targets(self) -> list[tuple[str, str, str]]:
+        """(target, measured, PASS/FAIL) per row of the issue's table that was measured."""
+        by_key = {w.key: w for w in self.measured()}
+        rows: list[tuple[str, str, str]] = []
+
+        def verdict(ok: bool, *workloads: Workload) -> str:
+            if any(w.errors("service") or w.errors("ceiling") for w in workloads):
+                return "FAIL"  # error answers make the figures meaningless
+            return "PASS" if ok else "FAIL"
+
+        for key, label, target in (
+            ("by_id_off", "by id, cache off", 0.5),
+            ("by_id_on", "by id, cache on", 0.8),
+            ("first_page", "first page", 0.5),
+            ("create", "create", 0.4),
+        ):
+            if key in by_key:
+                w = by_key[key]
+                rows.append(
+                    (
+                        f"{label} ≥ {target} x ceiling",
+                        f"{w.ratio:.2f} x ({w.rps('service'):.0f} / {w.rps('ceiling'):.0f} req/s)",
+                        verdict(w.ratio >= target, w),
+                    )
+                )
+        first = by_key.get("first_page")
+        for key, label, target in (
+            ("deep_cursor", "deep page by cursor", 0.9),
+            ("search", "`q` search", 0.5),
+            ("author", "`author` filter", 0.5),
+        ):
+            if key in by_key and first is not None:
+                w = by_key[key]
+                share = w.rps("service") / first.rps("service")
+                rows.append(
+                    (
+                        f"{label} ≥ {target} x the service's first page",
+                        f"{share:.2f} x ({w.rps('service'):.0f} / "
+                        f"{first.rps('service'):.0f} req/s)",
+                        verdict(share >= target, w, first),
+                    )
+                )
+        for key, label in (("by_id_off", "cache off"), ("by_id_on", "cache on")):
+            if key in by_key:
+                w = by_key[key]
+                p99 = w.p99("service")
+                rows.append(
+                    (
+                        f"p99 by id ({label}) at {self.args.connections} connections ≤ 50 ms",
+                        f"{p99:.1f} ms (worst run)",
+                        verdict(p99 <= 50, w),
+                    )
+                )
+        if self.peak_rss:
+            peak = max(self.peak_rss.values())
+            rows.append(("worker peak RSS ≤ 150 MB", f"{peak:.1f} MB", verdict(peak <= 150)))
+        return rows
+
+    def report(self, started: datetime) -> str:
+        args = self.args
+        facts = self.facts
+        lines = [
+            f"# Benchmark: the service against its ceiling ({started:%Y-%m-%d %H:%M} UTC)",
+            "",
+            f"- machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}"
+            f", PostgreSQL {facts.get('pg_version')}, Redis {facts.get('redis_version')}, "
+            f"{wrk_version(self.wrk)}; git {git_revision()}",
+            f"- load average (1 min) at start {self.load_start[0]:.2f}, at end "
+            f"{self.load_end[0]:.2f}{busy_warning(self.load_start[0], self.load_end[0])}",
+            f"- data: `{args.db}`, {facts['posts']:,} posts ({facts['published']:,} published), "
+            f"{facts['users']:,} users (`manage.py seed-demo`)",
+            f"- wrk: {args.connections} connections, {args.threads} threads, {args.duration} s per "
+            f"run, order service/ceiling/service/ceiling after {args.warmup} s warm-up of each; "
+            "req/s and p50 are the mean of the two runs, p99 the worse of the two; CPU ms/req is "
+            "the app process's user+system CPU time per finished request (/proc/<pid>/stat), "
+            "less sensitive to other load than req/s",
+            "- service: one worker, `uvicorn main:app --workers 1 --no-access-log`, "
+            "ENVIRONMENT=production, Redis cache/rate limits/fan-out, rate limits "
+            f"{RATE_LIMIT} (never triggered), JSON logs to bench/results/service.log, "
+            "CACHE_TTL_SECONDS 0 for 'cache off', 300 otherwise",
+            "- ceiling: `bench/ceiling.py`, Starlette + asyncpg pool (10-20 connections, no "
+            "reset query) + orjson, hand-written SQL, no middleware, no cache, no logging; "
+            "POST verifies the JWT (pyjwt) and reads the author in the insert's statement",
+            f"- by id: random picks among {len(self.ids):,} published ids (cache warmed first for "
+            f"'cache on'); deep pages at position {facts['depth']:,} (the seed publishes 90% of "
+            f"its posts, so 99,000 is capped to the last full page)",
+            "",
+            "| workload | request | service req/s | p50 ms | p99 ms | CPU ms/req | ceiling req/s "
+            "| p50 ms | p99 ms | CPU ms/req | service/ceiling |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for w in self.measured():
+            errors = ""
+            if w.errors("service") or w.errors("ceiling"):
+                errors = f" (errors: service {w.errors('service')}, ceiling {w.errors('ceiling')})"
+            lines.append(
+                f"| {w.title}{errors} | `{w.request}` | {rate(w.rps('service'))} | "
+                f"{fmt(w.p50('service'))} | {fmt(w.p99('service'))} | "
+                f"{fmt(w.cpu_ms('service'), 2)} | {rate(w.rps('ceiling'))} | "
+                f"{fmt(w.p50('ceiling'))} | {fmt(w.p99('ceiling'))} | "
+                f"{fmt(w.cpu_ms('ceiling'), 2)} | {fmt(w.ratio, 2)} |"
+            )
+        if self.peak_rss:
+            phases = "; ".join(
+                f"{phase} worker {mb:.1f} MB ({self.rss_notes[phase]})"
+                for phase, mb in self.peak_rss.items()
+            )
+            lines += ["", f"Service worker peak RSS (VmHWM): {phases}."]
+        lines += ["", "## Targets (issue 5)", "", "| target | measured | result |"]
+        lines.append("| --- | --- | --- |")
+        lines += [f"| {t} | {m} | {r} |" for t, m, r in self.targets()]
+        lines += ["", "## Checks", ""] + [f"- {check}" for check in self.checks]
+        profiles = [w for w in self.measured() if w.profile]
+        if profiles:
+            lines += ["", "## Profiles (py-spy, one extra unmeasured service run each)", ""]
+            for w in profiles:
+                lines += [f"### {w.title}", "", "```", w.profile or "", "```", ""]
+        lines += [
+            "",
+            f"Command: `.venv/bin/python bench/run.py --duration {args.duration}` (`make bench`: "
+            "10 s per run; `make bench-quick`: 3 s per run, the regression check).",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def encode_cursor(created_at: datetime, post_id: int) -> str:
+    """The cursor the service itself would put in the Link header (pagination.Cursor)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from pagination import Cursor
+    except ImportError:  # pagination.py moved: the format the ceiling uses
+        sys.path.insert(0, str(BENCH))
+        from ceiling import encode_cursor as ceiling_encode
+
+        return ceiling_encode(created_at, post_id)
+    finally:
+        sys.path.remove(str(ROOT))
+    token: str = Cursor("-created_at", created_at.isoformat(), post_id).encode()
+    return token
+
+
+def summarize_profile(path: Path, wall_samples: int, top: int = 20) -> str:
+    """Where the worker spends its CPU, from py-spy's raw output (`--gil`: only samples of the
+    thread holding the GIL, so idle threads and waits do not count).
+
+    Own time grouped by package, then the busiest functions by own and by inclusive time (the
+    trunk every request shares, start-up and event loop frames, is left out).
+    """
+    own: Counter[str] = Counter()
+    by_package: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [shorten_frame(frame) for frame in stack.split(";")]
+        total += count
+        own[frames[-1]] += count
+        by_package[package_of(frames[-1])] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return "py-spy recorded no samples"
+
+    def table(counter: Counter[str], skip_trunk: bool = False, rows: int = top) -> Iterator[str]:
+        kept = [(f, n) for f, n in counter.most_common() if not (skip_trunk and is_trunk(f))]
+        for frame, count in kept[:rows]:
+            yield f"  {100 * count / total:5.1f}%  {frame}"
+
+    busy = f"{100 * total / wall_samples:.0f}%" if wall_samples else "?"
+    packages = ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in by_package.most_common(12))
+    return "\n".join(
+        [
+            f"{total} samples holding the GIL (the worker was busy ~{busy} of the run)",
+            f"own time by package: {packages}",
+            "top functions by own time:",
+            *table(own),
+            "top functions by inclusive time:",
+            *table(inclusive, skip_trunk=True, rows=2 * top),
+        ]
+    )
+
+
+TRUNK = re.compile(
+    r"\((click/|<frozen runpy>|uvicorn/(main|__main__|server|_compat)\.py|asyncio/runners\.py"
+    r"|threading\.py:10[0-9][0-9]\)|uvicorn/middleware/proxy_headers\.py"
+    r"|uvicorn/protocols/http/\w+\.py:4\d\d\))"
+)
+
+
+def is_trunk(frame: str) -> bool:
+    """Frames every request goes through on its way in (process start-up, the event loop)."""
+    return TRUNK.search(frame) is not None
+
+
+def package_of(frame: str) -> str:
+    """`name (sqlalchemy/orm/loading.py:12)` -> `sqlalchemy`; the service's modules -> `app:x`."""
+    match = re.search(r"\((.*):\d+\)$", frame)
+    file = match.group(1) if match else frame
+    if ("/" not in file and (ROOT / file).exists()) or file.startswith("routes/"):
+        return f"app:{file.removesuffix('.py')}"
+    return file.split("/", 1)[0].removesuffix(".py")
+
+
+def shorten_frame(frame: str) -> str:
+    """`func (/long/path/site-packages/pkg/mod.py:12)` -> `func (pkg/mod.py:12)`."""
+    match = re.match(r"(.*) \((.*):(\d+)\)$", frame)
+    if not match:
+        return frame
+    name, file, line = match.groups()
+    for marker in ("site-packages/", str(ROOT) + "/", "/lib/python3"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+    return f"{name} ({file}:{line})"
+
+
+def cpu_model() -> str:
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def wrk_version(wrk: str) -> str:
+    result = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    first = (result.stdout or result.stderr).splitlines()
+    return first[0].split(" Copyright")[0] if first else "wrk"
+
+
+def git_revision() -> str:
+    result = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return result.stdout.strip() or "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    bench = None
+    try:
+        bench = Bench(args)
+        return bench.run()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if bench is not None:
+            bench.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
