@@ -14,6 +14,7 @@ import httpx
 import pytest
 from alembic.config import Config as AlembicConfig
 from fastapi import FastAPI
+from private_services import PrivateRedis
 from sqlalchemy import text
 
 from alembic import command
@@ -302,6 +303,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A throw-away redis-server on a free port of its own (see tests/private_services.py)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("TEST_REQUIRE_SERVICES=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    with PrivateRedis(binary, free_port(), tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture

@@ -8,13 +8,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pytest
 from fastapi import FastAPI
-from pwdlib import PasswordHash
-from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import update
 
-import security
 from models import Post
 
 LINK_NEXT = re.compile(r'^<([^>]+)>;\s*rel="next"$')
@@ -29,15 +25,6 @@ POST_FIELDS = {
     "updated_at",
 }
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-
-
-def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hash new passwords with minimal argon2 parameters: registering then costs ~1 ms, not
-    ~250 ms. Verification reads the parameters from each hash, so nothing else changes.
-    (conftest's session-wide `cheap_password_hashing` fixture now does the same for every test;
-    this per-test form stays for modules that call it.)"""
-    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
-    monkeypatch.setattr(security, "password_hasher", cheap)
 
 
 def parse_time(value: str) -> datetime:

@@ -5,31 +5,25 @@ and a Redis outage at run time."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-import redis
 from conftest import (
-    REQUIRE_SERVICES,
     TEST_SECRET,
     create_post,
-    free_port,
     login,
     register,
 )
 from core_helpers import assert_error
 from fastapi import FastAPI
+from private_services import PrivateRedis
 
 import cache
 import crud
@@ -561,71 +555,6 @@ async def test_no_stale_read_across_workers(
 
 
 # --- Redis going away at run time --------------------------------------------------------------
-
-
-class PrivateRedis:
-    """A throw-away redis-server on a port of its own (the shared 6379 is never touched)."""
-
-    def __init__(self, binary: str, port: int, directory: Path) -> None:
-        self.binary = binary
-        self.port = port
-        self.directory = directory
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.client().ping():
-                    return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("TEST_REQUIRE_SERVICES=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed")
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = PrivateRedis(binary, free_port(), directory)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def settings_for(database_url: str, redis_url: str) -> Settings:

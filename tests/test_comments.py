@@ -3,7 +3,6 @@ who may do what, and what happens to them when their post goes."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -11,19 +10,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from conftest import create_post, login, register
-from core_helpers import assert_error, cheap_password_hashing, me, parse_time
+from core_helpers import assert_error, me, next_link, parse_time
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
 from models import Comment
 
 COMMENT_FIELDS = {"id", "post_id", "text", "author", "author_id", "created_at"}
-LINK_NEXT = re.compile(r'^<([^>]+)>;\s*rel="next"$')
-
-
-@pytest.fixture(autouse=True)
-def _fast_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    cheap_password_hashing(monkeypatch)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -48,16 +41,6 @@ async def list_comments(
     assert response.status_code == 200, response.text
     comments: list[dict[str, Any]] = response.json()
     return comments
-
-
-def next_link(response: httpx.Response) -> str | None:
-    """The target of `Link: <...>; rel="next"`, or None when there is no next page."""
-    header = response.headers.get("link")
-    if header is None:
-        return None
-    match = LINK_NEXT.match(header.strip())
-    assert match, header
-    return match.group(1)
 
 
 def link_query(link: str, post_id: int) -> dict[str, str]:

@@ -18,7 +18,6 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from conftest import LiveServer, create_post, free_port, login, make_admin, register
-from core_helpers import cheap_password_hashing
 from fastapi import FastAPI
 
 from logging_setup import RequestIdFilter
@@ -31,11 +30,6 @@ NOTIFICATIONS_LOGGER = "blog.notifications"
 # The request must not wait for the mail: with smtp_timeout_seconds=1 a request that did
 # would take at least a second.
 FAST_SECONDS = 0.75
-
-
-@pytest.fixture(autouse=True)
-def _fast_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    cheap_password_hashing(monkeypatch)
 
 
 # --- a real SMTP server that keeps what it is sent ---------------------------------------------

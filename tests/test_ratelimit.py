@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +26,15 @@ from main import create_app
 from ratelimit import REDIS_KEY_PREFIX, TrustedProxies, client_ip, request_category
 from tests.conftest import (
     PASSWORD,
-    REQUIRE_SERVICES,
     ROOT,
     TEST_REDIS_URL,
     TEST_SECRET,
     alembic_upgrade,
+    free_port,
     need_services,
 )
+from tests.private_services import PrivateRedis
 
-NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
@@ -338,65 +337,9 @@ async def test_the_window_moves(client: httpx.AsyncClient) -> None:
 # --- Redis outage -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    """A throw-away redis-server on its own port, for stopping and starting at will."""
-
-    def __init__(self, binary: str, port: int) -> None:
-        self.binary = binary
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *NO_PERSISTENCE],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.client().ping():
-                    return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
-
-    def rate_limit_keys(self) -> list[bytes]:
-        keys: list[bytes] = self.client().keys(f"{REDIS_KEY_PREFIX}:*")
-        return keys
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("TEST_REQUIRE_SERVICES=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed")
-    server = PrivateRedis(binary, free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def rate_limit_keys(server: PrivateRedis) -> list[bytes]:
+    keys: list[bytes] = server.client().keys(f"{REDIS_KEY_PREFIX}:*")
+    return keys
 
 
 @pytest.mark.parametrize("backend", ["embedded"])
@@ -423,7 +366,7 @@ async def test_redis_outage_falls_back_in_process_and_recovers(
         response = await client.get("/posts")
         assert response.status_code == 200
         assert response.headers["X-RateLimit-Remaining"] == "3"
-        assert private_redis.rate_limit_keys(), "counted in Redis"
+        assert rate_limit_keys(private_redis), "counted in Redis"
 
         private_redis.stop()
         # In-process counting takes over with a fresh budget: never a 500.
@@ -447,7 +390,7 @@ async def test_redis_outage_falls_back_in_process_and_recovers(
         response = await client.get("/posts")
         assert response.status_code == 200, "back on the (empty) Redis counters"
         assert response.headers["X-RateLimit-Remaining"] == "3"
-        assert private_redis.rate_limit_keys(), "counted in Redis again"
+        assert rate_limit_keys(private_redis), "counted in Redis again"
         assert any("reachable again" in r.getMessage() for r in caplog.records)
 
 
@@ -455,7 +398,7 @@ async def test_redis_outage_falls_back_in_process_and_recovers(
 
 
 @pytest.fixture
-def worker_redis_url() -> Iterator[str]:
+def worker_redis_url(tmp_path: Path) -> Iterator[str]:
     """An empty Redis for the worker processes, with the scaled suite (TEST_REDIS_URL).
 
     A private redis-server when one is installed, so nobody else's data on the shared server is
@@ -465,12 +408,8 @@ def worker_redis_url() -> Iterator[str]:
     assert TEST_REDIS_URL is not None
     binary = shutil.which("redis-server")
     if binary is not None:
-        server = PrivateRedis(binary, free_port())
-        server.start()
-        try:
+        with PrivateRedis(binary, free_port(), tmp_path / "redis") as server:
             yield server.url
-        finally:
-            server.stop()
         return
     base, _, db = TEST_REDIS_URL.rpartition("/")
     if not db.isdigit():
