@@ -284,10 +284,12 @@ def _filtered_posts(
     query = select(Post)
     if filters.published:
         query = query.where(Post.published.is_(True))
+    elif viewer is None:
+        return query.where(false())  # drafts are never listed anonymously
     else:
         query = query.where(Post.published.is_(False))
-        if viewer is None or viewer.role != "admin":
-            query = query.where(Post.author_id == (viewer.id if viewer else -1))
+        if viewer.role != "admin":
+            query = query.where(Post.author_id == viewer.id)
     if filters.author:
         authors = select(User.id).where(
             func.lower(User.username).like(_like_pattern(filters.author), escape="\\")

@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
-    # A bearer token that is sent but bad is refused everywhere, public routes included.
+    # A bearer token that is sent but bad is refused on every API route, public ones included.
     check_token = [Depends(get_optional_user)]
     common = error_responses(400, 401, 422, 429)
     for router in (auth.router, posts.router, comments.router):
