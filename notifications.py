@@ -56,7 +56,7 @@ class Notifier:
         message = EmailMessage()
         message["From"] = self.settings.smtp_from
         message["To"] = recipient
-        message["Subject"] = subject
+        message["Subject"] = " ".join(subject.split())  # a title may hold line breaks
         message.set_content(body)
         if not self.settings.smtp_host:
             logger.info("mail (SMTP_HOST unset) to=%s subject=%s", recipient, subject)

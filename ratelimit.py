@@ -221,7 +221,12 @@ class RateLimitMiddleware:
 
     async def check(self, scope: Scope, category: Category) -> Decision:
         item = self.items[category]
-        key = self.client_key(scope)
+        # Login and register are counted by IP even with a valid token: else every account
+        # an attacker holds would bring a fresh budget of password guesses and sign-ups.
+        if category == "login":
+            key = f"ip:{client_ip(scope, self.proxies)}"
+        else:
+            key = self.client_key(scope)
         backend = self.redis_backend(scope)
         if backend is None:
             return await consume(self.memory_limiter, item, category, key)
