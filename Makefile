@@ -29,7 +29,7 @@ migrate: install  ## create or upgrade the schema of DATABASE_URL
 	$(BIN)/python manage.py migrate
 
 run: migrate  ## serve on http://$(HOST):$(PORT) (docs at /docs)
-	$(BIN)/uvicorn main:app --host $(HOST) --port $(PORT) --no-access-log
+	$(BIN)/uvicorn main:app --host $(HOST) --port $(PORT) --ws-max-size 65536 --no-access-log
 
 lint: dev
 	$(BIN)/ruff check .

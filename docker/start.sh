@@ -20,4 +20,5 @@ exec "$PYTHON" -m uvicorn main:app \
     --host "${HOST:-0.0.0.0}" \
     --port "${PORT:-8000}" \
     --workers "${WEB_CONCURRENCY:-1}" \
+    --ws-max-size 65536 \
     --no-access-log
