@@ -79,3 +79,9 @@ bench: install  ## ~10 s per run; (re)seeds the blog_bench database when needed;
 
 bench-quick: install  ## the regression check: the same workloads at ~3 s per run
 	$(BIN)/python bench/run.py --duration 3 $(BENCH_ARGS)
+
+# Schemathesis with every check against a real server on a free loopback port and a throw-away
+# SQLite database, anonymous and signed in (scripts/fuzz.sh); bounded to ~5 minutes.
+.PHONY: fuzz
+fuzz: dev  ## FUZZ_MAX_EXAMPLES (default 100) per operation, FUZZ_MAX_TIME (default 150) s per pass
+	BIN=$(BIN) scripts/fuzz.sh

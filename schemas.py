@@ -15,6 +15,7 @@ from pydantic import (
     EmailStr,
     Field,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -43,22 +44,35 @@ Username = Annotated[
     str, StringConstraints(min_length=3, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$")
 ]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+# Documented in the schema: not blank (Title: after trimming) and no NUL character.
+TEXT_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+
+
+def _text_schema(max_length: int) -> WithJsonSchema:
+    return WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": TEXT_PATTERN}
+    )
+
+
 Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
     AfterValidator(_no_nul),
+    _text_schema(255),
 ]
 Content = Annotated[
     str,
     StringConstraints(min_length=1, max_length=100_000),
     AfterValidator(_not_blank),
     AfterValidator(_no_nul),
+    _text_schema(100_000),
 ]
 CommentText = Annotated[
     str,
     StringConstraints(min_length=1, max_length=500),
     AfterValidator(_not_blank),
     AfterValidator(_no_nul),
+    _text_schema(500),
 ]
 
 
@@ -109,8 +123,20 @@ class PostCreate(BaseModel):
     published: bool = True
 
 
+def _fields_not_nullable(schema: dict[str, Any]) -> None:
+    """Document fields that may be left out but not sent as null (the validator refuses null)."""
+    for field in schema.get("properties", {}).values():
+        options = [o for o in field.pop("anyOf", []) if o.get("type") != "null"]
+        if len(options) == 1:
+            field.update(options[0])
+        elif options:
+            field["anyOf"] = options
+
+
 class PostUpdate(BaseModel):
     """Every field optional: only the fields sent change."""
+
+    model_config = ConfigDict(json_schema_extra=_fields_not_nullable)
 
     title: Title | None = None
     content: Content | None = None
