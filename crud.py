@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -338,11 +338,6 @@ async def list_posts(
         count_query = select(func.count()).select_from(base.order_by(None).subquery())
         total = (await session.execute(count_query)).scalar_one()
     return PostPage(posts, next_cursor, total)
-
-
-def as_utc(value: datetime) -> datetime:
-    """A client's timestamp: no offset means UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # --- comments --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from deps import CurrentUser, OptionalUser, SessionDep
 from effects import EffectsDep, PostReaderDep
 from errors import InvalidQuery, NotAuthenticated, PreconditionFailed, error_responses
 from idempotency import IdempotencyKey, answer_response
-from models import Post
+from models import Post, as_utc
 from pagination import next_link
 from schemas import (
     MAX_ID,
@@ -70,7 +70,7 @@ def _utc_bound(value: datetime | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        return crud.as_utc(value)
+        return as_utc(value)
     except OverflowError:
         raise InvalidQuery(["query", name], f"{name} is out of range") from None
 
