@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import crud
 import observability
+from database import Database, Row
 from errors import PostNotFound
 from models import Post, User
 from redis_backend import RedisBackend
@@ -215,21 +215,23 @@ class LoadedPost:
     entry: CachedPost
 
 
-def etag_of(post: Post) -> str:
+def etag_of(post: Post | Row) -> str:
     """A strong validator that changes with every change of the post."""
-    return f'"{post.id}-{post.version}"'
+    if isinstance(post, Post):
+        return f'"{post.id}-{post.version}"'
+    return f'"{post["id"]}-{post["version"]}"'
 
 
-def encode_post(post: Post) -> CachedPost:
-    return CachedPost(etag_of(post), PostRead.model_validate(post).model_dump_json().encode())
+def encode_post(row: Row) -> CachedPost:
+    return CachedPost(etag_of(row), PostRead.model_validate(row).model_dump_json().encode())
 
 
 class PostReader:
     """`GET /posts/{id}`: cache first, then one shared database read per post and generation."""
 
-    def __init__(self, cache: PostCache, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, cache: PostCache, database: Database) -> None:
         self.cache = cache
-        self.sessionmaker = sessionmaker
+        self.database = database
         self.flights = SingleFlight()
 
     async def read(self, post_id: int, viewer: User | None) -> tuple[CachedPost, bool]:
@@ -253,11 +255,10 @@ class PostReader:
         return loaded.entry, False
 
     async def _load(self, post_id: int, generation: str) -> LoadedPost | None:
-        async with self.sessionmaker() as session:
-            post = await crud.get_post(session, post_id)
-        if post is None:
+        row = await crud.get_post_row(self.database, post_id)
+        if row is None:
             return None
-        entry = encode_post(post)
-        if post.published:  # drafts are never cached
+        entry = encode_post(row)
+        if row["published"]:  # drafts are never cached
             await self.cache.fill(post_id, generation, entry)
-        return LoadedPost(post.author_id, post.published, entry)
+        return LoadedPost(row["author_id"], row["published"], entry)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Select,
+    bindparam,
     delete,
     false,
     func,
@@ -25,9 +25,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 from starlette.concurrency import run_in_threadpool
 
 import security
+from database import AnySelect, Database, Row
 from errors import (
     CommentNotFound,
     EmailTaken,
@@ -50,8 +52,18 @@ Versions = Collection[int] | None
 # --- users -----------------------------------------------------------------------------------
 
 
-async def get_user(session: AsyncSession, user_id: int) -> User | None:
-    return await session.get(User, user_id)
+USER_BY_ID = select(*User.__table__.columns).where(User.id == bindparam("user_id"))
+
+
+async def get_user(database: Database, user_id: int) -> User | None:
+    """The user, detached: usable in any session later (as a post's owner, say) without a
+    reload, at the price of one plain read (Database.fetch_all) instead of an ORM session."""
+    rows = await database.fetch_all(USER_BY_ID, {"user_id": user_id})
+    if not rows:
+        return None
+    user = User(**rows[0])
+    make_transient_to_detached(user)
+    return user
 
 
 async def get_user_by_username(session: AsyncSession, username: str) -> User | None:
@@ -131,6 +143,31 @@ async def get_post(session: AsyncSession, post_id: int) -> Post | None:
     return (await session.execute(select(Post).where(Post.id == post_id))).scalar_one_or_none()
 
 
+# A post as the API shows it, in plain columns for the hot reads (Database.fetch_all).
+POST_COLUMNS = (
+    Post.id,
+    Post.title,
+    Post.content,
+    User.username.label("author"),
+    Post.author_id,
+    Post.published,
+    Post.created_at,
+    Post.updated_at,
+    Post.version,
+)
+POST_ROW_BY_ID = (
+    select(*POST_COLUMNS)
+    .join(User, User.id == Post.author_id)
+    .where(Post.id == bindparam("post_id"))
+)
+
+
+async def get_post_row(database: Database, post_id: int) -> Row | None:
+    """A post whatever its visibility, as a row of POST_COLUMNS; callers decide who may see it."""
+    rows = await database.fetch_all(POST_ROW_BY_ID, {"post_id": post_id})
+    return rows[0] if rows else None
+
+
 async def get_visible_post(session: AsyncSession, post_id: int, viewer: User | None) -> Post:
     """The post if the viewer may see it; POST_NOT_FOUND exactly as if absent otherwise."""
     query = select(Post).where(Post.id == post_id, _visible_to(viewer))
@@ -160,7 +197,7 @@ async def create_post(
         content=data.content,
         published=data.published,
         author_id=author.id,
-        owner=author,
+        owner=await session.merge(author, load=False),  # the caller, detached (get_user)
         created_at=now,
         updated_at=now,
     )
@@ -239,7 +276,7 @@ _FTS_TOKEN = re.compile(r"\w+", re.UNICODE)
 
 @dataclass
 class PostPage:
-    posts: list[Post]
+    posts: list[Row]  # POST_COLUMNS
     next_cursor: Cursor | None
     total: int | None
 
@@ -254,8 +291,8 @@ def _sort_key(sort: PostSort) -> tuple[Any, bool]:
     return column, sort.value.startswith("-")
 
 
-def _cursor_value(post: Post, sort: PostSort) -> str:
-    value = getattr(post, sort.value.lstrip("-"))
+def _cursor_value(row: Row, sort: PostSort) -> str:
+    value = row[sort.value.lstrip("-")]
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
@@ -264,8 +301,8 @@ def _like_pattern(fragment: str) -> str:
     return f"%{escaped}%"
 
 
-def _search_condition(session: AsyncSession, q: str) -> ColumnElement[bool]:
-    if session.get_bind().dialect.name == "postgresql":
+def _search_condition(database: Database, q: str) -> ColumnElement[bool]:
+    if database.is_postgres:
         document: ColumnElement[Any] = literal_column(POST_SEARCH_DOCUMENT)
         return document.op("@@")(func.plainto_tsquery(literal_column("'english'"), q))
     tokens = _FTS_TOKEN.findall(q)
@@ -278,10 +315,8 @@ def _search_condition(session: AsyncSession, q: str) -> ColumnElement[bool]:
     return Post.id.in_(matching_ids.columns(literal_column("rowid")))
 
 
-def _filtered_posts(
-    session: AsyncSession, viewer: User | None, filters: PostFilters
-) -> Select[Post]:
-    query = select(Post)
+def _filtered_posts(database: Database, viewer: User | None, filters: PostFilters) -> AnySelect:
+    query = select(*POST_COLUMNS).join(User, User.id == Post.author_id)
     if filters.published:
         query = query.where(Post.published.is_(True))
     elif viewer is None:
@@ -291,8 +326,10 @@ def _filtered_posts(
         if viewer.role != "admin":
             query = query.where(Post.author_id == viewer.id)
     if filters.author:
-        authors = select(User.id).where(
-            func.lower(User.username).like(_like_pattern(filters.author), escape="\\")
+        authors = (
+            select(User.id)
+            .where(func.lower(User.username).like(_like_pattern(filters.author), escape="\\"))
+            .correlate(None)  # its own users, not the joined author of the outer row
         )
         query = query.where(Post.author_id.in_(authors))
     if filters.min_date is not None:
@@ -300,12 +337,12 @@ def _filtered_posts(
     if filters.max_date is not None:
         query = query.where(Post.created_at <= filters.max_date)
     if filters.q:
-        query = query.where(_search_condition(session, filters.q))
+        query = query.where(_search_condition(database, filters.q))
     return query
 
 
 async def list_posts(
-    session: AsyncSession,
+    database: Database,
     viewer: User | None,
     filters: PostFilters,
     *,
@@ -315,7 +352,7 @@ async def list_posts(
     with_count: bool = False,
 ) -> PostPage:
     """One page of the posts the viewer may list, in `filters.sort` order, id as tiebreak."""
-    base = _filtered_posts(session, viewer, filters)
+    base = _filtered_posts(database, viewer, filters)
     column, descending = _sort_key(filters.sort)
     query = base
     if cursor is not None:
@@ -327,16 +364,18 @@ async def list_posts(
         query = query.where(key < edge if descending else key > edge)
     order = (column.desc(), Post.id.desc()) if descending else (column.asc(), Post.id.asc())
     query = query.order_by(*order).offset(skip).limit(limit + 1)
-    posts = list((await session.execute(query)).scalars().all())
+    posts = await database.fetch_all(query)
     next_cursor = None
     if len(posts) > limit:
         posts = posts[:limit]
         last = posts[-1]
-        next_cursor = Cursor(filters.sort.value, _cursor_value(last, filters.sort), last.id)
+        next_cursor = Cursor(filters.sort.value, _cursor_value(last, filters.sort), last["id"])
     total = None
     if with_count:
-        count_query = select(func.count()).select_from(base.order_by(None).subquery())
-        total = (await session.execute(count_query)).scalar_one()
+        count_query = select(func.count().label("total")).select_from(
+            base.order_by(None).subquery()
+        )
+        total = (await database.fetch_all(count_query))[0]["total"]
     return PostPage(posts, next_cursor, total)
 
 
@@ -382,7 +421,8 @@ async def create_comment(
 ) -> tuple[Comment, Post]:
     """Add a comment to a post the author may see; returns it with its post."""
     post = await get_visible_post(session, post_id, author)
-    comment = Comment(post_id=post.id, author_id=author.id, owner=author, text=text)
+    owner = await session.merge(author, load=False)  # the session may hold this user already
+    comment = Comment(post_id=post.id, author_id=author.id, owner=owner, text=text)
     session.add(comment)
     await session.flush()
     if commit:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import BindParameter
 from starlette.requests import HTTPConnection
 
 from config import Settings, sqlite_path
+from errors import DatabaseUnavailable, lost_database
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -32,13 +38,23 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
         pool_recycle=1800,
     )
+    event.listen(engine.sync_engine, "checkout", _drop_closed_connection)
+    return engine
+
+
+def _drop_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A connection the server closed (a restart) is replaced at checkout, as pool_pre_ping
+    would, without pre_ping's three round trips per checkout: asyncpg notices a closed socket by
+    itself, so asking costs nothing. The other pooled connections went down with the same server
+    and are replaced as well (InvalidatePoolError)."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise InvalidatePoolError("the database server closed this connection")
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -53,12 +69,94 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+Row = Mapping[str, Any]
+AnySelect = Select[*tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class DriverStatement:
+    """A statement shape compiled for the driver, and where each positional argument comes
+    from: a named parameter of the call, or the n-th value the cache key extracted (the literal
+    values of this particular statement, as SQLAlchemy's own compiled cache does it)."""
+
+    sql: str
+    sources: tuple[tuple[str, int | None], ...]
+
+    @classmethod
+    def compile(
+        cls, statement: AnySelect, extracted: Sequence[BindParameter[Any]], dialect: Dialect
+    ) -> DriverStatement:
+        compiled = statement.compile(dialect=dialect)
+        index = {compiled.bind_names[bind]: n for n, bind in enumerate(extracted)}
+        names = compiled.positiontup or ()
+        return cls(compiled.string, tuple((name, index.get(name)) for name in names))
+
+    def arguments(
+        self, extracted: Sequence[BindParameter[Any]], params: Mapping[str, Any]
+    ) -> list[Any]:
+        return [
+            params[name] if name in params or n is None else extracted[n].effective_value
+            for name, n in self.sources
+        ]
+
+
+MAX_COMPILED_STATEMENTS = 1024  # statement shapes are few; a bound all the same
+
+
 class Database:
-    """One engine and its session factory, owned by the app for its lifetime."""
+    """One engine and its session factories, owned by the app for its lifetime."""
 
     def __init__(self, settings: Settings) -> None:
         self.engine = create_engine(settings)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+        # Reads need no transaction: on PostgreSQL autocommit saves BEGIN and ROLLBACK round
+        # trips. (SQLite reads already run outside one; changing its isolation level would also
+        # reset the IMMEDIATE mode that writers rely on.)
+        self.read_engine = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.is_postgres
+            else self.engine
+        )
+        self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        self._driver_sql: dict[Any, DriverStatement] = {}
+
+    async def fetch_all(
+        self, statement: AnySelect, params: Mapping[str, Any] | None = None
+    ) -> list[Row]:
+        """The rows of a read-only Core statement, as mappings, without ORM or a transaction.
+
+        The hot reads use this. On PostgreSQL the statement runs straight on the asyncpg
+        connection: compiled once per shape (SQLAlchemy's cache key, the same one its own
+        compiled cache uses) and prepared by asyncpg's statement cache, which saves most of the
+        per-execution cost of SQLAlchemy's result machinery. Values come back as asyncpg decodes
+        them (timestamptz as aware UTC datetimes), so statements select plain columns.
+        """
+        if not self.is_postgres:
+            async with self.read_engine.connect() as connection:
+                result = await connection.execute(statement, params)
+                return [dict(row) for row in result.mappings()]
+        cache_key = statement._generate_cache_key()
+        assert cache_key is not None, "hot statements are cacheable"
+        plan = self._driver_sql.get(cache_key.key)
+        if plan is None:
+            if len(self._driver_sql) >= MAX_COMPILED_STATEMENTS:
+                self._driver_sql.clear()
+            plan = self._driver_sql[cache_key.key] = DriverStatement.compile(
+                statement, cache_key.bindparams, self.engine.dialect
+            )
+        arguments = plan.arguments(cache_key.bindparams, params or {})
+        async with self.read_engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            try:
+                records = await driver.fetch(plan.sql, *arguments)
+            except Exception as exc:
+                if lost_database(exc):
+                    await connection.invalidate(exc)
+                    raise DatabaseUnavailable() from exc
+                raise
+        return [dict(record.items()) for record in records]
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
@@ -69,7 +167,10 @@ class Database:
 
 
 async def get_db(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
-    """A session per request (or WebSocket), closed when the handler is done."""
+    """A session per request (or WebSocket), closed when the handler is done; GET and HEAD
+    (which never write) get one without a transaction (Database.read_sessionmaker)."""
     database: Database = connection.app.state.database
-    async with database.sessionmaker() as session:
+    read_only = connection.scope.get("method") in ("GET", "HEAD")
+    sessionmaker = database.read_sessionmaker if read_only else database.sessionmaker
+    async with sessionmaker() as session:
         yield session

@@ -12,7 +12,7 @@ from starlette.requests import HTTPConnection
 
 import crud
 from config import Settings
-from database import get_db
+from database import Database, get_db
 from errors import InsufficientPermissions, InvalidToken, NotAuthenticated
 from models import User
 from security import decode_access_token
@@ -31,17 +31,27 @@ async def get_settings(connection: HTTPConnection) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+async def get_database(connection: HTTPConnection) -> Database:
+    """The app's database, for reads that need no session (Database.fetch_all)."""
+    database: Database = connection.app.state.database
+    return database
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
 async def get_optional_user(
     connection: HTTPConnection,
-    session: SessionDep,
-    settings: SettingsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> User | None:
-    """The caller if a token was sent; a sent but bad token is always 401."""
+    """The caller if a token was sent; a sent but bad token is always 401.
+
+    It needs no session of the request's: anonymous reads then open none at all."""
     if token is None:
         return None
-    user_id = decode_access_token(token, settings.jwt_secret)
-    user = await crud.get_user(session, user_id)
+    state = connection.app.state
+    user_id = decode_access_token(token, state.settings.jwt_secret)
+    user = await crud.get_user(state.database, user_id)
     if user is None:
         raise InvalidToken()
     connection.state.user_id = user.id  # for the access log (observability.py)

@@ -102,6 +102,15 @@ class InvalidCursor(AppError):
     detail = "Invalid cursor"
 
 
+class DatabaseUnavailable(AppError):
+    status_code = 503
+    error_code = "SERVICE_UNAVAILABLE"
+    detail = "The database is unavailable; retry shortly"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "1"})
+
+
 class InvalidQuery(AppError):
     """A query-parameter combination the contract refuses (reported like validation errors)."""
 
@@ -183,9 +192,46 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
     return error_response(422, errors, "VALIDATION_ERROR")
 
 
+def lost_database(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached (down, restarting, connection
+    lost), as opposed to a bug or a rejected statement."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    lost = (
+        OSError,
+        asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+        asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+    )
+    seen: BaseException | None = exc
+    for _ in range(5):  # the driver error sits under SQLAlchemy's wrappers
+        if seen is None:
+            break
+        if isinstance(seen, lost) or (
+            isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen)
+        ):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    if not lost_database(exc):
+        raise exc  # a bug: the last-resort handler answers 500 and logs it
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return await _app_error(request, DatabaseUnavailable())
+
+
 def register_error_handlers(app: FastAPI) -> None:
     """Translate every error into the envelope, in this one place."""
+    from sqlalchemy.exc import DBAPIError
+
     app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(OSError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
 

@@ -75,7 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     cache = create_post_cache(
         app.state.redis, settings.cache_ttl_seconds, settings.cache_max_entries
     )
-    app.state.post_reader = PostReader(cache, database.sessionmaker)
+    app.state.post_reader = PostReader(cache, database)
     app.state.effects = Effects(cache, app.state.hub, app.state.notifier)
     if (
         settings.first_admin_username

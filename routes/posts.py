@@ -7,11 +7,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import TypeAdapter
 
 import crud
 import idempotency
 from cache import etag_of
-from deps import CurrentUser, OptionalUser, SessionDep
+from deps import CurrentUser, DatabaseDep, OptionalUser, SessionDep
 from effects import EffectsDep, PostReaderDep
 from errors import InvalidQuery, NotAuthenticated, PreconditionFailed, error_responses
 from idempotency import IdempotencyKey, answer_response
@@ -30,6 +31,8 @@ from schemas import (
 )
 
 router = APIRouter(prefix="/posts", tags=["posts"])
+
+POST_LIST = TypeAdapter(list[PostRead])
 
 
 def _listed_etags(header: str) -> list[str]:
@@ -83,8 +86,7 @@ IfMatch = Annotated[
 
 @router.get("", response_model=list[PostRead], operation_id="list_posts")
 async def list_posts(
-    response: Response,
-    session: SessionDep,
+    database: DatabaseDep,
     viewer: OptionalUser,
     skip: Skip = None,
     limit: Limit = 10,
@@ -110,7 +112,7 @@ async def list_posts(
         bool, Query(description="false: your own drafts (admins: all drafts); needs a token.")
     ] = True,
     sort: PostSort = PostSort.CREATED_DESC,
-) -> list[PostRead]:
+) -> Response:
     """List posts, newest first by default, with filters, search and paging."""
     if cursor is not None and skip is not None:
         raise InvalidQuery(["query", "skip"], "skip cannot be combined with cursor")
@@ -129,16 +131,18 @@ async def list_posts(
     if filters.min_date and filters.max_date and filters.min_date > filters.max_date:
         raise InvalidQuery(["query", "min_date"], "min_date must not be after max_date")
     page = await crud.list_posts(
-        session, viewer, filters, skip=skip or 0, limit=limit, cursor=cursor, with_count=count
+        database, viewer, filters, skip=skip or 0, limit=limit, cursor=cursor, with_count=count
     )
+    headers = {}
     if page.total is not None:
-        response.headers["X-Total-Count"] = str(page.total)
+        headers["X-Total-Count"] = str(page.total)
     if page.next_cursor is not None:
         params: dict[str, Any] = {"limit": limit, **filters.model_dump()}
         params["published"] = None if published else False
         params["sort"] = sort.value
-        response.headers["Link"] = next_link("/posts", params, page.next_cursor)
-    return [PostRead.model_validate(post) for post in page.posts]
+        headers["Link"] = next_link("/posts", params, page.next_cursor)
+    body = POST_LIST.dump_json(POST_LIST.validate_python(page.posts))
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get(

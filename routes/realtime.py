@@ -25,8 +25,7 @@ async def _viewer(websocket: WebSocket, token: str | None) -> User | None:
     if token is None:
         return None
     user_id = decode_access_token(token, websocket.app.state.settings.jwt_secret)
-    async with websocket.app.state.database.sessionmaker() as session:
-        user = await crud.get_user(session, user_id)
+    user = await crud.get_user(websocket.app.state.database, user_id)
     if user is None:
         raise AppError("Invalid token")
     return user

@@ -294,18 +294,18 @@ async def test_in_process_fill_with_an_old_generation_is_dropped() -> None:
 
 
 class PausedRead:
-    """Replaces crud.get_post (as cache.PostReader._load calls it): the first call reads the
+    """Replaces crud.get_post_row (as cache.PostReader._load calls it): the first call reads the
     row, says so, then waits to be released before handing the (by then old) row back."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.original = crud.get_post
+        self.original = crud.get_post_row
         self.row_read = asyncio.Event()
         self.release = asyncio.Event()
         self.calls: list[int] = []
-        monkeypatch.setattr(crud, "get_post", self)
+        monkeypatch.setattr(crud, "get_post_row", self)
 
-    async def __call__(self, session: Any, post_id: int) -> Any:
-        post = await self.original(session, post_id)
+    async def __call__(self, database: Any, post_id: int) -> Any:
+        post = await self.original(database, post_id)
         self.calls.append(post_id)
         if len(self.calls) == 1:
             self.row_read.set()
@@ -417,7 +417,7 @@ class GatedReads:
         self.expected = expected
         self.all_looked_up = asyncio.Event()
         store = app.state.post_reader.cache
-        original_lookup, original_get = store.lookup, crud.get_post
+        original_lookup, original_get = store.lookup, crud.get_post_row
 
         async def lookup(post_id: int) -> tuple[CachedPost | None, str]:
             result = await original_lookup(post_id)
@@ -426,13 +426,13 @@ class GatedReads:
                 self.all_looked_up.set()
             return result
 
-        async def get_post(session: Any, post_id: int) -> Any:
+        async def get_post_row(database: Any, post_id: int) -> Any:
             self.calls.append(post_id)
             await asyncio.wait_for(self.all_looked_up.wait(), timeout=20)
-            return await original_get(session, post_id)
+            return await original_get(database, post_id)
 
         monkeypatch.setattr(store, "lookup", lookup)
-        monkeypatch.setattr(crud, "get_post", get_post)
+        monkeypatch.setattr(crud, "get_post_row", get_post_row)
 
 
 async def test_concurrent_misses_share_one_database_read(
