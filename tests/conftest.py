@@ -14,7 +14,7 @@ import httpx
 import pytest
 from alembic.config import Config as AlembicConfig
 from fastapi import FastAPI
-from private_services import PrivateRedis
+from private_services import PrivatePostgres, PrivateRedis, postgres_bindir
 from sqlalchemy import text
 
 from alembic import command
@@ -314,6 +314,18 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
             pytest.fail("TEST_REQUIRE_SERVICES=1 but redis-server is not installed")
         pytest.skip("redis-server is not installed")
     with PrivateRedis(binary, free_port(), tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def private_postgres_server() -> Iterator[PrivatePostgres]:
+    """A throw-away PostgreSQL cluster on a free port of its own (see tests/private_services.py)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("TEST_REQUIRE_SERVICES=1 but PostgreSQL's initdb/pg_ctl are not installed")
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
+    with PrivatePostgres(bindir, free_port()) as server:
         yield server
 
 
