@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +22,6 @@ from main import create_app
 from ratelimit import REDIS_KEY_PREFIX, TrustedProxies, client_ip, request_category
 from tests.conftest import (
     PASSWORD,
-    ROOT,
     TEST_REDIS_URL,
     TEST_SECRET,
     alembic_upgrade,
@@ -34,6 +29,7 @@ from tests.conftest import (
     need_services,
 )
 from tests.private_services import PrivateRedis
+from tests.worker_processes import WorkerProcesses
 
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
@@ -427,45 +423,21 @@ def test_limits_are_shared_by_worker_processes(tmp_path: Path, worker_redis_url:
     redis_url = worker_redis_url
     database = tmp_path / "blog.db"
     alembic_upgrade(f"sqlite+aiosqlite:///{database}")
-    port = free_port()
     env = {
-        **os.environ,
         "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
         "REDIS_URL": redis_url,
-        "SECRET_KEY": TEST_SECRET,
-        "ENVIRONMENT": "test",
-        "LOG_FORMAT": "text",
         "RATE_LIMIT_ENABLED": "true",
         "RATE_LIMIT_READ": "20/minute",
         "FORWARDED_ALLOW_IPS": "127.0.0.1",
     }
-    command = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(ROOT)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
-    log = tmp_path / "uvicorn.log"
-    # Run from an empty directory so no stray .env is read.
-    with log.open("wb") as output:
-        server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=output, stderr=output)
-    try:
-        deadline = time.monotonic() + 60
-        while log.read_text().count("Application startup complete") < 2:  # both workers
-            assert server.poll() is None, f"uvicorn exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"uvicorn did not start:\n{log.read_text()}"
-            time.sleep(0.2)
-        base_url = f"http://127.0.0.1:{port}"
+    with WorkerProcesses(env, tmp_path / "uvicorn.log") as workers:
         responses = []
         for _ in range(40):
             # A fresh connection each time, so the kernel hands them to both workers.
-            with httpx.Client(base_url=base_url, timeout=10) as http:
+            with httpx.Client(base_url=workers.url, timeout=10) as http:
                 responses.append(http.get("/posts"))
         statuses = [response.status_code for response in responses]
         assert statuses.count(200) == 20, statuses
         assert statuses.count(429) == 20, statuses
         remaining = [int(r.headers["X-RateLimit-Remaining"]) for r in responses if r.is_success]
         assert remaining == list(range(19, -1, -1)), "one counter, shared by both workers"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()

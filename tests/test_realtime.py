@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +17,17 @@ from websockets.asyncio.client import ClientConnection
 
 from realtime import SEND_QUEUE_SIZE, LiveSocket
 from tests.conftest import (
-    ROOT,
-    TEST_DATABASE_URL,
     TEST_REDIS_URL,
     LiveServer,
     alembic_upgrade,
     create_post,
     flush_redis,
-    free_port,
     login,
     need_services,
     register,
-    reset_postgres_schema,
 )
+from tests.test_manage import private_postgres as private_postgres  # the fixture, shared
+from tests.worker_processes import WorkerProcesses
 
 RECEIVE_TIMEOUT = 3.0
 
@@ -262,77 +255,39 @@ async def test_a_socket_that_cannot_keep_up_is_closed_not_waited_on() -> None:
 # --- two real worker processes on PostgreSQL + Redis -------------------------------------------
 
 
-def worker_pids_holding(port: int) -> set[int]:
-    """The pids of the processes holding established connections on the server's port."""
-    output = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return {int(pid) for pid in re.findall(r"pid=(\d+)", output)}
-
-
 @pytest.fixture
-def two_workers(tmp_path: Path) -> Any:
+def two_workers(private_postgres: str, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    """Two worker processes on a private PostgreSQL database and the test Redis."""
     need_services("TEST_DATABASE_URL", "TEST_REDIS_URL")
-    assert TEST_DATABASE_URL is not None and TEST_REDIS_URL is not None
-    reset_postgres_schema(TEST_DATABASE_URL)
-    alembic_upgrade(TEST_DATABASE_URL)
-    port = free_port()
+    assert TEST_REDIS_URL is not None
+    alembic_upgrade(private_postgres)
     env = {
-        **os.environ,
-        "DATABASE_URL": TEST_DATABASE_URL,
+        "DATABASE_URL": private_postgres,
         "REDIS_URL": TEST_REDIS_URL,
-        "SECRET_KEY": "two-workers-secret-key-0123456789abcdef",
         "RATE_LIMIT_ENABLED": "false",
-        "LOG_LEVEL": "WARNING",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "main:app", "--workers", "2", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "server.log").open("w"),
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise AssertionError((tmp_path / "server.log").read_text())
-        yield port
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    with WorkerProcesses(env, tmp_path / "server.log") as workers:
+        yield workers
 
 
 @pytest.mark.slow
-async def test_events_reach_sockets_on_every_worker(two_workers: int) -> None:
+async def test_events_reach_sockets_on_every_worker(two_workers: WorkerProcesses) -> None:
     assert TEST_REDIS_URL is not None
     await flush_redis(TEST_REDIS_URL)
-    port = two_workers
-    base = f"http://127.0.0.1:{port}"
+    base = two_workers.url
     async with httpx.AsyncClient(base_url=base) as http:
         await register(http, "alice")
         alice = await login(http, "alice")
         post = await create_post(http, alice, "Across workers")
-    url = f"ws://127.0.0.1:{port}/ws/posts/{post['id']}"
+    url = f"{two_workers.ws_url}/ws/posts/{post['id']}"
     async with contextlib.AsyncExitStack() as stack:
         sockets: list[ClientConnection] = []
         while len(sockets) < 40:
             for _ in range(4):
                 sockets.append(await stack.enter_async_context(websockets.connect(url)))
-            if len(worker_pids_holding(port)) >= 2 and len(sockets) >= 8:
+            if len(two_workers.pids_holding_connections()) >= 2 and len(sockets) >= 8:
                 break
-        assert len(worker_pids_holding(port)) == 2, "both workers should hold sockets"
+        assert len(two_workers.pids_holding_connections()) == 2, "both workers should hold sockets"
         sender = await stack.enter_async_context(
             websockets.connect(f"{url}?token={token_of(alice)}")
         )
