@@ -125,7 +125,13 @@ class RedisPostCache(PostCache):
     def _keys(post_id: int) -> tuple[str, str]:
         return f"blog:post:{post_id}:body", f"blog:post:{post_id}:gen"
 
-    async def _call(self, operation: Callable[[Redis], Awaitable[Any]], fallback: Any) -> Any:
+    async def _call(
+        self,
+        operation: Callable[[Redis], Awaitable[Any]],
+        fallback: Any,
+        *,
+        always_try: bool = False,
+    ) -> Any:
         async def bypass() -> Any:
             return fallback
 
@@ -136,7 +142,7 @@ class RedisPostCache(PostCache):
                     self.pending.discard(post_id)
             return await operation(client)
 
-        return await self.redis.call("cache", with_pending_replayed, bypass)
+        return await self.redis.call("cache", with_pending_replayed, bypass, always_try=always_try)
 
     async def lookup(self, post_id: int) -> tuple[CachedPost | None, str]:
         body_key, gen_key = self._keys(post_id)
@@ -165,7 +171,9 @@ class RedisPostCache(PostCache):
             await self._bump(client, post_id)
             return True
 
-        if not await self._call(bump, False):
+        # Tried even while this worker believes Redis is down: another worker may already be
+        # reading from it again, and must not keep serving the old entry.
+        if not await self._call(bump, False, always_try=True):
             self.pending.add(post_id)
 
     async def _bump(self, client: Redis, post_id: int) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 logger = logging.getLogger("blog.redis")
@@ -35,6 +37,10 @@ class RedisBackend:
             socket_timeout=SOCKET_TIMEOUT_SECONDS,
             socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
             health_check_interval=10,
+            # After Redis restarts, each pooled connection fails once ("Connection closed by
+            # server"); one immediate retry on a fresh connection keeps that from looking like
+            # a new outage. A real outage still fails at once (connection refused).
+            retry=Retry(NoBackoff(), 1),
         )
         self._down_since: float | None = None
         self._retry_at = 0.0
@@ -72,9 +78,13 @@ class RedisBackend:
         component: str,
         operation: Callable[[Redis], Awaitable[T]],
         fallback: Callable[[], Awaitable[T]],
+        *,
+        always_try: bool = False,
     ) -> T:
-        """Run `operation` on Redis, or `fallback` when Redis is (or just went) down."""
-        if not self.available:
+        """Run `operation` on Redis, or `fallback` when Redis is (or just went) down.
+
+        `always_try` tries Redis even during an outage (for what must reach it if it can)."""
+        if not self.available and not always_try:
             return await fallback()
         try:
             result = await operation(self.client)
