@@ -301,44 +301,79 @@ def _like_pattern(fragment: str) -> str:
     return f"%{escaped}%"
 
 
-def _search_condition(database: Database, q: str) -> ColumnElement[bool]:
-    if database.is_postgres:
+@dataclass(frozen=True)
+class ListShape:
+    """What decides the SQL of a list query (not its values): one prebuilt statement each."""
+
+    postgres: bool
+    published: bool
+    viewer: str  # "anonymous", "user" or "admin"
+    author: bool
+    min_date: bool
+    max_date: bool
+    search: bool
+    sort: PostSort
+    cursor: bool
+
+
+_list_statements: dict[ListShape, tuple[AnySelect, AnySelect]] = {}
+
+
+def _search_condition(postgres: bool) -> ColumnElement[bool]:
+    if postgres:
         document: ColumnElement[Any] = literal_column(POST_SEARCH_DOCUMENT)
-        return document.op("@@")(func.plainto_tsquery(literal_column("'english'"), q))
-    tokens = _FTS_TOKEN.findall(q)
-    if not tokens:
-        return false()
-    match = " ".join('"' + token + '"' for token in tokens)
-    matching_ids = text("SELECT rowid FROM posts_fts WHERE posts_fts MATCH :match").bindparams(
-        match=match
-    )
+        return document.op("@@")(func.plainto_tsquery(literal_column("'english'"), bindparam("q")))
+    matching_ids = text("SELECT rowid FROM posts_fts WHERE posts_fts MATCH :q")
     return Post.id.in_(matching_ids.columns(literal_column("rowid")))
 
 
-def _filtered_posts(database: Database, viewer: User | None, filters: PostFilters) -> AnySelect:
+def _list_statements_for(shape: ListShape) -> tuple[AnySelect, AnySelect]:
+    """The page and count statements of a shape, built once; values are bind parameters."""
+    cached = _list_statements.get(shape)
+    if cached is not None:
+        return cached
     query = select(*POST_COLUMNS).join(User, User.id == Post.author_id)
-    if filters.published:
+    if shape.published:
         query = query.where(Post.published.is_(True))
-    elif viewer is None:
-        return query.where(false())  # drafts are never listed anonymously
+    elif shape.viewer == "anonymous":
+        query = query.where(false())  # drafts are never listed anonymously
     else:
         query = query.where(Post.published.is_(False))
-        if viewer.role != "admin":
-            query = query.where(Post.author_id == viewer.id)
-    if filters.author:
+        if shape.viewer != "admin":
+            query = query.where(Post.author_id == bindparam("viewer_id"))
+    if shape.author:
         authors = (
             select(User.id)
-            .where(func.lower(User.username).like(_like_pattern(filters.author), escape="\\"))
+            .where(func.lower(User.username).like(bindparam("author_pattern"), escape="\\"))
             .correlate(None)  # its own users, not the joined author of the outer row
         )
         query = query.where(Post.author_id.in_(authors))
-    if filters.min_date is not None:
-        query = query.where(Post.created_at >= filters.min_date)
-    if filters.max_date is not None:
-        query = query.where(Post.created_at <= filters.max_date)
-    if filters.q:
-        query = query.where(_search_condition(database, filters.q))
-    return query
+    if shape.min_date:
+        query = query.where(Post.created_at >= bindparam("min_date", type_=UTCDateTime()))
+    if shape.max_date:
+        query = query.where(Post.created_at <= bindparam("max_date", type_=UTCDateTime()))
+    if shape.search:
+        query = query.where(_search_condition(shape.postgres))
+    count = select(func.count().label("total")).select_from(query.subquery())
+    column, descending = _sort_key(shape.sort)
+    if shape.cursor:
+        bound = bindparam("after_value", type_=column.type)
+        key, edge = tuple_(column, Post.id), tuple_(bound, bindparam("after_id"))
+        query = query.where(key < edge if descending else key > edge)
+    order = (column.desc(), Post.id.desc()) if descending else (column.asc(), Post.id.asc())
+    page = query.order_by(*order).offset(bindparam("offset")).limit(bindparam("limit"))
+    if len(_list_statements) > 4096:  # shapes are finite (a few hundred); a bound all the same
+        _list_statements.clear()
+    _list_statements[shape] = (page, count)
+    return page, count
+
+
+def _search_terms(q: str, postgres: bool) -> str | None:
+    """The `q` parameter as the search expression takes it; None when nothing can match."""
+    if postgres:
+        return q
+    tokens = _FTS_TOKEN.findall(q)
+    return " ".join('"' + token + '"' for token in tokens) if tokens else None
 
 
 async def list_posts(
@@ -352,19 +387,39 @@ async def list_posts(
     with_count: bool = False,
 ) -> PostPage:
     """One page of the posts the viewer may list, in `filters.sort` order, id as tiebreak."""
-    base = _filtered_posts(database, viewer, filters)
-    column, descending = _sort_key(filters.sort)
-    query = base
+    role = "anonymous" if viewer is None else "admin" if viewer.role == "admin" else "user"
+    params: dict[str, Any] = {"offset": skip, "limit": limit + 1}
+    if viewer is not None:
+        params["viewer_id"] = viewer.id
+    if filters.author:
+        params["author_pattern"] = _like_pattern(filters.author)
+    if filters.min_date is not None:
+        params["min_date"] = filters.min_date
+    if filters.max_date is not None:
+        params["max_date"] = filters.max_date
+    if filters.q:
+        terms = _search_terms(filters.q, database.is_postgres)
+        if terms is None:
+            return PostPage([], None, 0 if with_count else None)
+        params["q"] = terms
     if cursor is not None:
         after = Cursor.decode(cursor, filters.sort.value)
-        value: Any = after.datetime_value() if column is not Post.title else after.str_value()
-        bound = literal(value, type_=UTCDateTime() if column is not Post.title else Post.title.type)
-        key = tuple_(column, Post.id)
-        edge = tuple_(bound, literal(after.id))
-        query = query.where(key < edge if descending else key > edge)
-    order = (column.desc(), Post.id.desc()) if descending else (column.asc(), Post.id.asc())
-    query = query.order_by(*order).offset(skip).limit(limit + 1)
-    posts = await database.fetch_all(query)
+        by_title = filters.sort.value.lstrip("-") == "title"
+        params["after_value"] = after.str_value() if by_title else after.datetime_value()
+        params["after_id"] = after.id
+    shape = ListShape(
+        postgres=database.is_postgres,
+        published=filters.published,
+        viewer=role,
+        author=bool(filters.author),
+        min_date=filters.min_date is not None,
+        max_date=filters.max_date is not None,
+        search=bool(filters.q),
+        sort=filters.sort,
+        cursor=cursor is not None,
+    )
+    page_query, count_query = _list_statements_for(shape)
+    posts = await database.fetch_all(page_query, params)
     next_cursor = None
     if len(posts) > limit:
         posts = posts[:limit]
@@ -372,10 +427,7 @@ async def list_posts(
         next_cursor = Cursor(filters.sort.value, _cursor_value(last, filters.sort), last["id"])
     total = None
     if with_count:
-        count_query = select(func.count().label("total")).select_from(
-            base.order_by(None).subquery()
-        )
-        total = (await database.fetch_all(count_query))[0]["total"]
+        total = (await database.fetch_all(count_query, params))[0]["total"]
     return PostPage(posts, next_cursor, total)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.sql import Select
-from sqlalchemy.sql.elements import BindParameter
 from starlette.requests import HTTPConnection
 
 from config import Settings, sqlite_path
@@ -75,29 +74,21 @@ AnySelect = Select[*tuple[Any, ...]]
 
 @dataclass(frozen=True)
 class DriverStatement:
-    """A statement shape compiled for the driver, and where each positional argument comes
-    from: a named parameter of the call, or the n-th value the cache key extracted (the literal
-    values of this particular statement, as SQLAlchemy's own compiled cache does it)."""
+    """A prebuilt statement compiled for the driver: its SQL, and for each positional argument
+    the bind parameter's name and its own value (used when the call gives none)."""
 
     sql: str
-    sources: tuple[tuple[str, int | None], ...]
+    binds: tuple[tuple[str, Any], ...]
 
     @classmethod
-    def compile(
-        cls, statement: AnySelect, extracted: Sequence[BindParameter[Any]], dialect: Dialect
-    ) -> DriverStatement:
+    def compile(cls, statement: AnySelect, dialect: Dialect) -> DriverStatement:
         compiled = statement.compile(dialect=dialect)
-        index = {compiled.bind_names[bind]: n for n, bind in enumerate(extracted)}
         names = compiled.positiontup or ()
-        return cls(compiled.string, tuple((name, index.get(name)) for name in names))
+        binds = tuple((name, compiled.binds[name].effective_value) for name in names)
+        return cls(compiled.string, binds)
 
-    def arguments(
-        self, extracted: Sequence[BindParameter[Any]], params: Mapping[str, Any]
-    ) -> list[Any]:
-        return [
-            params[name] if name in params or n is None else extracted[n].effective_value
-            for name, n in self.sources
-        ]
+    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params.get(name, value) for name, value in self.binds]
 
 
 MAX_COMPILED_STATEMENTS = 1024  # statement shapes are few; a bound all the same
@@ -119,33 +110,32 @@ class Database:
             else self.engine
         )
         self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False)
-        self._driver_sql: dict[Any, DriverStatement] = {}
+        self._driver_sql: dict[AnySelect, DriverStatement] = {}  # by identity
 
     async def fetch_all(
         self, statement: AnySelect, params: Mapping[str, Any] | None = None
     ) -> list[Row]:
         """The rows of a read-only Core statement, as mappings, without ORM or a transaction.
 
-        The hot reads use this. On PostgreSQL the statement runs straight on the asyncpg
-        connection: compiled once per shape (SQLAlchemy's cache key, the same one its own
-        compiled cache uses) and prepared by asyncpg's statement cache, which saves most of the
-        per-execution cost of SQLAlchemy's result machinery. Values come back as asyncpg decodes
-        them (timestamptz as aware UTC datetimes), so statements select plain columns.
+        For the hot reads, with statements built once (module constants, or one per query
+        shape) whose values are named bind parameters. On PostgreSQL the statement runs straight
+        on the asyncpg connection: compiled once per statement object, prepared by asyncpg's
+        statement cache, skipping SQLAlchemy's per-execution and result machinery (several times
+        the cost of the fetch itself). Values go to asyncpg as they are (no bind processors: pass
+        aware datetimes) and come back as it decodes them (timestamptz as aware UTC datetimes).
         """
         if not self.is_postgres:
             async with self.read_engine.connect() as connection:
                 result = await connection.execute(statement, params)
                 return [dict(row) for row in result.mappings()]
-        cache_key = statement._generate_cache_key()
-        assert cache_key is not None, "hot statements are cacheable"
-        plan = self._driver_sql.get(cache_key.key)
+        plan = self._driver_sql.get(statement)
         if plan is None:
             if len(self._driver_sql) >= MAX_COMPILED_STATEMENTS:
                 self._driver_sql.clear()
-            plan = self._driver_sql[cache_key.key] = DriverStatement.compile(
-                statement, cache_key.bindparams, self.engine.dialect
+            plan = self._driver_sql[statement] = DriverStatement.compile(
+                statement, self.engine.dialect
             )
-        arguments = plan.arguments(cache_key.bindparams, params or {})
+        arguments = plan.arguments(params or {})
         async with self.read_engine.connect() as connection:
             driver = (await connection.get_raw_connection()).driver_connection
             assert driver is not None

@@ -7,24 +7,30 @@ proxy). The strategy is a moving window, so `X-RateLimit-Reset` and `Retry-After
 oldest request in the window leaves it, i.e. when a slot frees.
 
 Counters live in Redis when `REDIS_URL` is set (shared by every worker, through the shared
-connection pool of `RedisBackend`) and in process memory otherwise. While Redis is unreachable
-the in-process limiter takes over; `RedisBackend` logs the outage once and decides when Redis is
-tried again, so a Redis outage never fails a request.
+connection pool of `RedisBackend`) and in process memory otherwise (the `limits` library's moving
+window). In Redis the window is a sorted set of request times, read and updated by one script
+(MOVING_WINDOW) in one round trip, on Redis's own clock so workers on different hosts agree; the
+`limits` Redis storage would take two round trips per request (the hit, then the window's stats).
+While Redis is unreachable the in-process limiter takes over; `RedisBackend` logs the outage once
+and decides when Redis is tried again, so a Redis outage never fails a request.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,6 +50,30 @@ LOGIN_PATHS = frozenset({"/auth/login", "/auth/register"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 EXEMPT_PATHS = frozenset({"/", "/metrics", "/redoc", "/openapi.json", "/health"})
 EXEMPT_PREFIXES = ("/health/", "/docs", "/static/")
+
+# KEYS[1]: the client's window; ARGV: limit, window seconds, a member unique to this request.
+# Returns {allowed (0/1), remaining, seconds until the oldest request leaves the window}.
+MOVING_WINDOW = """
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local allowed = 0
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  count = count + 1
+  allowed = 1
+end
+redis.call('EXPIRE', KEYS[1], window)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reset = 0
+if oldest[2] then
+  reset = tonumber(oldest[2]) + window - now
+end
+return {allowed, limit - count, tostring(reset)}
+"""
 
 
 @dataclass(frozen=True)
@@ -147,20 +177,21 @@ def client_ip(scope: Scope, proxies: TrustedProxies) -> str:
     return hops[0] if hops else peer  # every hop trusted: the leftmost is the client
 
 
-async def consume(
+def decision(item: RateLimitItem, allowed: bool, remaining: int, reset_in: float) -> Decision:
+    remaining = max(0, min(item.amount, remaining))
+    empty = remaining >= item.amount  # nothing to wait for
+    seconds = 0 if empty else max(1, min(item.get_expiry(), math.ceil(reset_in)))
+    return Decision(allowed, item.amount, remaining if allowed else 0, seconds)
+
+
+async def consume_in_process(
     limiter: MovingWindowRateLimiter, item: RateLimitItem, category: str, key: str
 ) -> Decision:
     """Take one slot for `key` (if one is free) and read the window back."""
     allowed = await limiter.hit(item, category, key)
     stats = await limiter.get_window_stats(item, category, key)
-    remaining = max(0, min(item.amount, stats.remaining))
-    if remaining >= item.amount:
-        reset_in = 0  # empty window: nothing to wait for
-    else:
-        # reset_time is when the oldest request in the window leaves it (frees a slot).
-        reset_in = math.ceil(stats.reset_time - time.time())
-        reset_in = max(1, min(item.get_expiry(), reset_in))
-    return Decision(allowed, item.amount, 0 if not allowed else remaining, reset_in)
+    # reset_time is when the oldest request in the window leaves it (frees a slot).
+    return decision(item, allowed, stats.remaining, stats.reset_time - time.time())
 
 
 class RateLimitMiddleware:
@@ -179,7 +210,9 @@ class RateLimitMiddleware:
         # Without Redis, and during a Redis outage: counters in this process only.
         self.memory_limiter = MovingWindowRateLimiter(MemoryStorage())
         self._redis_backend: RedisBackend | None = None
-        self._redis_limiter: MovingWindowRateLimiter | None = None
+        self._moving_window: AsyncScript | None = None
+        # Members of the sorted sets: unique across processes without asking the OS each time.
+        self._members = (f"{os.getpid()}-{os.urandom(4).hex()}-{n}" for n in itertools.count())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.enabled or scope["type"] != "http":
@@ -229,14 +262,17 @@ class RateLimitMiddleware:
             key = self.client_key(scope)
         backend = self.redis_backend(scope)
         if backend is None:
-            return await consume(self.memory_limiter, item, category, key)
-        limiter = self.redis_limiter(backend)
+            return await consume_in_process(self.memory_limiter, item, category, key)
+        script = self.moving_window(backend)
+        window_key = f"{REDIS_KEY_PREFIX}:{category}:{key}"
 
         async def shared(_client: Redis) -> Decision:
-            return await consume(limiter, item, category, key)
+            args: list[int | str] = [item.amount, item.get_expiry(), next(self._members)]
+            allowed, remaining, reset_in = await script(keys=[window_key], args=args)
+            return decision(item, allowed == 1, int(remaining), float(reset_in))
 
         async def local() -> Decision:
-            return await consume(self.memory_limiter, item, category, key)
+            return await consume_in_process(self.memory_limiter, item, category, key)
 
         # Redis errors are caught there: mark_failed (warns once per outage), then `local`.
         return await backend.call(COMPONENT, shared, local)
@@ -248,17 +284,9 @@ class RateLimitMiddleware:
         backend = getattr(state, "redis", None)
         return backend if isinstance(backend, RedisBackend) else None
 
-    def redis_limiter(self, backend: RedisBackend) -> MovingWindowRateLimiter:
-        """A limiter on the backend's connection pool; rebuilt if the backend is replaced."""
-        if self._redis_limiter is None or self._redis_backend is not backend:
-            # The URI is only parsed by `limits`; connections come from the shared pool.
-            options: dict[str, Any] = {"connection_pool": backend.client.connection_pool}
-            storage = RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                key_prefix=REDIS_KEY_PREFIX,
-                **options,
-            )
-            self._redis_limiter = MovingWindowRateLimiter(storage)
+    def moving_window(self, backend: RedisBackend) -> AsyncScript:
+        """The window script on the backend's client; registered again if it is replaced."""
+        if self._moving_window is None or self._redis_backend is not backend:
+            self._moving_window = backend.client.register_script(MOVING_WINDOW)
             self._redis_backend = backend
-        return self._redis_limiter
+        return self._moving_window
