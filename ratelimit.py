@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from config import Settings
 from errors import NotAuthenticated, error_response
@@ -45,6 +46,7 @@ logger = logging.getLogger("blog.ratelimit")
 Category = Literal["login", "write", "read"]
 
 COMPONENT = "ratelimit"
+VERIFIED_TOKEN = "verified_token"  # scope state: (bearer token, its user id)
 REDIS_KEY_PREFIX = "blog:ratelimit"
 LOGIN_PATHS = frozenset({"/auth/login", "/auth/register"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -215,8 +217,11 @@ class RateLimitMiddleware:
         self._members = (f"{os.getpid()}-{os.urandom(4).hex()}-{n}" for n in itertools.count())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.enabled or scope["type"] != "http":
+        if not self.enabled or scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self.websocket_handshake(scope, receive, send)
             return
         category = request_category(scope)
         if category is None:
@@ -242,14 +247,35 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
+    async def websocket_handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake counts as a read: a 429 at the handshake over the limit (a
+        close before accepting, i.e. HTTP 403, where the server cannot send a response)."""
+        decision = await self.check(scope, "read")
+        if decision.allowed:
+            await self.app(scope, receive, send)
+            return
+        record_rate_limited("read")
+        websocket = WebSocket(scope, receive, send)
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await websocket.close(code=1008, reason="rate limited")
+            return
+        retry_after = max(1, decision.reset_in)
+        headers = {**decision.headers(), "Retry-After": str(retry_after)}
+        detail = f"Rate limit exceeded ({self.items['read']}); retry after {retry_after} seconds"
+        await websocket.send_denial_response(error_response(429, detail, "RATE_LIMITED", headers))
+
     def client_key(self, scope: Scope) -> str:
         """`user:<id>` for a valid bearer token, else `ip:<address>`; never touches the DB."""
         token = bearer_token(scope)
         if token is not None:
             try:
-                return f"user:{decode_access_token(token, self.settings.jwt_secret)}"
+                user_id = decode_access_token(token, self.settings.jwt_secret)
             except NotAuthenticated:
                 pass  # the route answers 401; count the attempt against the IP
+            else:
+                # deps.get_optional_user takes it from here instead of decoding again.
+                scope.setdefault("state", {})[VERIFIED_TOKEN] = (token, user_id)
+                return f"user:{user_id}"
         return f"ip:{client_ip(scope, self.proxies)}"
 
     async def check(self, scope: Scope, category: Category) -> Decision:

@@ -59,9 +59,10 @@ class SecurityHeadersMiddleware:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS:
-                    headers[name] = value
+                    if name not in headers:
+                        headers.append(name, value)  # no replace scan: hot path
                 if "content-security-policy" not in headers:
-                    headers["Content-Security-Policy"] = self.content_security_policy
+                    headers.append("Content-Security-Policy", self.content_security_policy)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

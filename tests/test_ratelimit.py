@@ -4,6 +4,7 @@ backends; the Redis outage fallback; limits shared by real worker processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import websockets
 from fastapi import FastAPI
 
 import redis_backend
@@ -24,6 +26,7 @@ from tests.conftest import (
     PASSWORD,
     TEST_REDIS_URL,
     TEST_SECRET,
+    LiveServer,
     alembic_upgrade,
     free_port,
     need_services,
@@ -441,3 +444,30 @@ def test_limits_are_shared_by_worker_processes(tmp_path: Path, worker_redis_url:
         assert statuses.count(429) == 20, statuses
         remaining = [int(r.headers["X-RateLimit-Remaining"]) for r in responses if r.is_success]
         assert remaining == list(range(19, -1, -1)), "one counter, shared by both workers"
+
+
+# --- WebSocket handshakes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_read": "3/minute"}])
+async def test_websocket_handshakes_spend_the_read_limit(live_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live_server.http_url) as http:
+        assert (await http.get("/posts")).status_code == 200  # one read of three
+    url = f"{live_server.ws_url}/ws/posts/1"
+    with pytest.raises(websockets.InvalidStatus) as missing:  # counted, then refused: no post
+        async with websockets.connect(url):
+            pass
+    assert missing.value.response.status_code == 403
+    async with httpx.AsyncClient(base_url=live_server.http_url) as http:
+        last = await http.get("/posts")
+    assert last.status_code == 200
+    assert last.headers["X-RateLimit-Remaining"] == "0"
+    with pytest.raises(websockets.InvalidStatus) as limited:
+        async with websockets.connect(url):
+            pass
+    response = limited.value.response
+    assert response.status_code == 429
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    body = json.loads(response.body)
+    assert body["error_code"] == "RATE_LIMITED"
