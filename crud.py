@@ -476,7 +476,11 @@ async def create_comment(
     owner = await session.merge(author, load=False)  # the session may hold this user already
     comment = Comment(post_id=post.id, author_id=author.id, owner=owner, text=text)
     session.add(comment)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError:  # the post was deleted since it was read: its foreign key is gone
+        await session.rollback()
+        raise PostNotFound() from None
     if commit:
         await session.commit()
     return comment, post

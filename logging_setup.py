@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
@@ -18,9 +19,25 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"']*")
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs every WebSocket handshake with its path and query, where a client's JWT
+    (`?token=...`) would land in the logs in clear; it is replaced by `[redacted]`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("uvicorn"):
+            message = record.getMessage()
+            if "token=" in message:
+                record.msg, record.args = TOKEN_IN_QUERY.sub(r"\1[redacted]", message), ()
+        return True
+
+
 def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactTokens())
     if log_format == "json":
         handler.setFormatter(
             JsonFormatter(

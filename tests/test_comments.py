@@ -12,9 +12,10 @@ import pytest
 from conftest import create_post, login, register
 from core_helpers import assert_error, me, next_link, parse_time
 from fastapi import FastAPI
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
-from models import Comment
+import crud
+from models import Comment, Post
 
 COMMENT_FIELDS = {"id", "post_id", "text", "author", "author_id", "created_at"}
 
@@ -218,6 +219,36 @@ async def test_create_on_a_missing_post_is_404(
         "/posts/999999/comments", json={"text": "hi"}, headers=user_headers
     )
     assert_error(response, 404, "POST_NOT_FOUND")
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "comment-on-a-vanishing-post"])
+async def test_create_on_a_post_deleted_meanwhile_is_404(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    user_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    idempotency_key: str | None,
+) -> None:
+    """The post is deleted between the comment's visibility check and its insert (a race the
+    soak found): 404 as for any missing post, not a foreign-key 500."""
+    post = await create_post(client, user_headers, "Here, then gone")
+    read_post = crud.get_visible_post
+
+    async def read_then_lose_it(session: Any, post_id: int, viewer: Any) -> Any:
+        found = await read_post(session, post_id, viewer)
+        async with app.state.database.sessionmaker() as other:
+            await other.execute(delete(Post).where(Post.id == post_id))
+            await other.commit()
+        return found
+
+    monkeypatch.setattr(crud, "get_visible_post", read_then_lose_it)
+    headers = {**user_headers, **({"Idempotency-Key": idempotency_key} if idempotency_key else {})}
+    response = await client.post(
+        f"/posts/{post['id']}/comments", json={"text": "hi"}, headers=headers
+    )
+    assert_error(response, 404, "POST_NOT_FOUND")
+    async with app.state.database.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(Comment)) == 0
 
 
 # --- list --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 from sqlalchemy import delete
 
 import security
+from logging_setup import configure_logging
 from models import User
 from realtime import LiveSocket, LocalHub, RedisHub
 from schemas import MAX_ID, MAX_SKIP
@@ -393,3 +395,26 @@ async def test_admin_only_rights_come_from_the_database_not_the_token(
     response = await client.get("/posts?published=false", headers=forged)
     assert [item["author_id"] for item in response.json()] == []
     assert other["role"] == "user"
+
+
+def test_tokens_in_websocket_urls_are_not_logged(capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn logs each WebSocket handshake with its query string; a JWT there is redacted."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "json")
+        jwt_like = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+        logging.getLogger("uvicorn.error").info(
+            '%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", f"/ws/posts/7?token={jwt_like}"
+        )
+        logging.getLogger("uvicorn.error").info(
+            '%s - "WebSocket %s" 403', "127.0.0.1:5000", f"/ws/posts/7?x=1&token={jwt_like}&y=2"
+        )
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["message"] for line in lines] == [
+        '127.0.0.1:5000 - "WebSocket /ws/posts/7?token=[redacted]" [accepted]',
+        '127.0.0.1:5000 - "WebSocket /ws/posts/7?x=1&token=[redacted]&y=2" 403',
+    ]
