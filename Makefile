@@ -71,14 +71,20 @@ clean:
 
 # Performance: the service against a framework-free ceiling app, side by side (bench/run.py).
 # Needs the local PostgreSQL and Redis and wrk (installed with apt-get when missing and root).
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick soak
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 
 bench: install  ## ~10 s per run; (re)seeds the blog_bench database when needed; BENCH_ARGS=--reseed
 	$(BIN)/python bench/run.py --duration 10 $(BENCH_ARGS)
 
 bench-quick: install  ## the regression check: the same workloads at ~3 s per run
 	$(BIN)/python bench/run.py --duration 3 $(BENCH_ARGS)
+
+# Soak: 5 minutes of mixed HTTP + WebSocket traffic against two workers on a scratch PostgreSQL
+# database and Redis db 6 (bench/soak.py); dev: the load generator uses httpx.
+soak: dev  ## exit 1 on any 5xx or RSS growth >= 10 %; SOAK_ARGS="--duration 20" for a quick check
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # Schemathesis with every check against a real server on a free loopback port and a throw-away
 # SQLite database, anonymous and signed in (scripts/fuzz.sh); bounded to ~5 minutes.
