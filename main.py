@@ -110,6 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served from local assets by install_docs below
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
+        # Metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry would look up the
+        # global providers on every request for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     register_error_handlers(app)

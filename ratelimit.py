@@ -102,6 +102,7 @@ class TrustedProxies:
         self.any = "*" in entries
         self.literals: set[str] = set()
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._answers: dict[str, bool] = {}  # parsing an address costs more than the request
         for entry in entries:
             try:
                 self.networks.append(ipaddress.ip_network(entry, strict=False))
@@ -111,6 +112,14 @@ class TrustedProxies:
     def trusts(self, host: str) -> bool:
         if self.any or host in self.literals:
             return True
+        known = self._answers.get(host)
+        if known is None:
+            known = self._answers[host] = self._in_networks(host)
+            if len(self._answers) > 4096:  # peers are few (proxies); a bound all the same
+                self._answers.clear()
+        return known
+
+    def _in_networks(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host)
         except ValueError:

@@ -435,8 +435,11 @@ class Bench:
             LOG_LEVEL="INFO",
             CACHE_TTL_SECONDS=str(cache_ttl),
             ACCESS_TOKEN_EXPIRE_MINUTES="240",
-            DB_POOL_SIZE="10",
-            DB_MAX_OVERFLOW="10",
+            # The ceiling's asyncpg pool keeps up to 20 connections open; so does the service.
+            # (With 10 + 10 overflow, SQLAlchemy closes an overflow connection on its return,
+            # so 64 concurrent clients make it reconnect all the time.)
+            DB_POOL_SIZE="20",
+            DB_MAX_OVERFLOW="0",
             SMTP_HOST="",
             NOTIFY_EMAIL="",
             CORS_ORIGINS="",
