@@ -12,7 +12,11 @@ from errors import InvalidToken, TokenExpired
 
 JWT_ALGORITHM = "HS256"
 
-password_hasher = PasswordHash((Argon2Hasher(),))
+# Argon2id at OWASP's recommended minimum (19 MiB, 2 passes, 1 lane) rather than pwdlib's
+# default 64 MiB: each verification in flight holds that memory, and a worker verifying a few
+# logins at once would otherwise add hundreds of MB. Hashes made with other parameters still
+# verify (the parameters are stored in the hash).
+password_hasher = PasswordHash((Argon2Hasher(time_cost=2, memory_cost=19_456, parallelism=1),))
 # Verified against when the username is unknown, so both failures cost the same time.
 DUMMY_PASSWORD_HASH = password_hasher.hash("not-a-real-password-only-for-timing")
 
