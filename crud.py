@@ -11,10 +11,12 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Table,
     bindparam,
     delete,
     false,
     func,
+    insert,
     literal,
     literal_column,
     or_,
@@ -188,28 +190,33 @@ async def _get_writable_post(
     return post
 
 
+POSTS: Table = Post.__table__  # type: ignore[assignment]  # a Table; typed as FromClause
+
+
 async def create_post(
     session: AsyncSession, author: User, data: PostCreate, *, commit: bool = True
 ) -> Post:
+    """Insert a post (a plain INSERT ... RETURNING: nothing for the unit of work to track); the
+    returned object is not in the session, with the caller as its owner."""
     now = utcnow()
-    post = Post(
-        title=data.title,
-        content=data.content,
-        published=data.published,
-        author_id=author.id,
-        owner=await session.merge(author, load=False),  # the caller, detached (get_user)
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(post)
+    values = {
+        "title": data.title,
+        "content": data.content,
+        "published": data.published,
+        "author_id": author.id,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    statement = insert(POSTS).values(**values).returning(POSTS.c.id)
     try:
-        await session.flush()
+        post_id = (await session.execute(statement)).scalar_one()
     except IntegrityError:
         await session.rollback()
         raise PostTitleExists() from None
     if commit:
         await session.commit()
-    return post
+    return Post(id=post_id, owner=author, **values)
 
 
 async def update_post(
