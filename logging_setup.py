@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from middleware import request_id_var
 
@@ -40,7 +40,7 @@ def configure_logging(level: str, log_format: str) -> None:
     handler.addFilter(RedactTokens())
     if log_format == "json":
         handler.setFormatter(
-            JsonFormatter(
+            OrjsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             )
