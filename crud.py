@@ -99,9 +99,14 @@ async def authenticate(session: AsyncSession, username: str, password: str) -> U
     """The user these credentials belong to; one answer and similar time for every failure."""
     user = await get_user_by_username(session, username)
     password_hash = user.password_hash if user is not None else security.DUMMY_PASSWORD_HASH
-    valid = await run_in_threadpool(security.verify_password, password, password_hash)
+    valid, new_hash = await run_in_threadpool(
+        security.verify_and_update_password, password, password_hash
+    )
     if user is None or not valid:
         raise InvalidCredentials()
+    if new_hash is not None:
+        user.password_hash = new_hash
+        await session.commit()
     return user
 
 

@@ -29,6 +29,12 @@ def verify_password(password: str, password_hash: str) -> bool:
     return password_hasher.verify(password, password_hash)
 
 
+def verify_and_update_password(password: str, password_hash: str) -> tuple[bool, str | None]:
+    """Whether the password matches, and a new hash when the stored one was made with other
+    parameters (e.g. before the cost settings above): logins move old hashes over."""
+    return password_hasher.verify_and_update(password, password_hash)
+
+
 def create_access_token(user_id: int, secret: str, expires_minutes: int) -> tuple[str, int]:
     """A signed token for the user and its lifetime in seconds."""
     now = datetime.now(UTC)

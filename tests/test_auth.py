@@ -13,7 +13,9 @@ import pytest
 from conftest import PASSWORD, TEST_SECRET, create_post, login, register
 from core_helpers import assert_error, me, parse_time
 from fastapi import FastAPI
-from sqlalchemy import delete
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+from sqlalchemy import delete, select, update
 
 import crud
 import security
@@ -389,18 +391,43 @@ def test_password_hashing() -> None:
 class _CountingVerify:
     def __init__(self) -> None:
         self.hashes: list[str] = []
-        self.real = security.verify_password
+        self.real = security.verify_and_update_password
 
-    def __call__(self, password: str, password_hash: str) -> bool:
+    def __call__(self, password: str, password_hash: str) -> tuple[bool, str | None]:
         self.hashes.append(password_hash)
         return self.real(password, password_hash)
+
+
+async def test_login_moves_a_hash_made_with_other_parameters_over(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """A hash from before a change of the argon2 cost settings still verifies, and the login
+    stores a new one with the current settings."""
+    await register(client, "alice")
+    older = PasswordHash((Argon2Hasher(time_cost=2, memory_cost=2048, parallelism=1),))
+    async with app.state.database.sessionmaker() as session:
+        await session.execute(
+            update(User).where(User.username == "alice").values(password_hash=older.hash(PASSWORD))
+        )
+        await session.commit()
+    assert (
+        await client.post("/auth/login", data={"username": "alice", "password": PASSWORD})
+    ).status_code == 200
+    async with app.state.database.sessionmaker() as session:
+        stored = await session.scalar(select(User.password_hash).where(User.username == "alice"))
+    assert stored is not None and "m=2048" not in stored
+    assert security.password_hasher.hash(PASSWORD).split("$")[3] == stored.split("$")[3]
+    assert security.verify_password(PASSWORD, stored)
+    assert (
+        await client.post("/auth/login", data={"username": "alice", "password": PASSWORD})
+    ).status_code == 200
 
 
 async def test_authenticate_unknown_user_still_verifies(
     app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counter = _CountingVerify()
-    monkeypatch.setattr(security, "verify_password", counter)
+    monkeypatch.setattr(security, "verify_and_update_password", counter)
     async with app.state.database.sessionmaker() as session:
         with pytest.raises(InvalidCredentials):
             await crud.authenticate(session, "nobody", PASSWORD)
@@ -413,7 +440,7 @@ async def test_login_verifies_once_for_unknown_and_wrong(
 ) -> None:
     await register(client, "alice")
     counter = _CountingVerify()
-    monkeypatch.setattr(security, "verify_password", counter)
+    monkeypatch.setattr(security, "verify_and_update_password", counter)
     unknown = await client.post("/auth/login", data={"username": "ghost", "password": PASSWORD})
     assert unknown.status_code == 401
     assert counter.hashes == [security.DUMMY_PASSWORD_HASH]
