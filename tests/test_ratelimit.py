@@ -32,6 +32,7 @@ from tests.conftest import (
     need_services,
 )
 from tests.private_services import PrivateRedis
+from tests.test_manage import private_postgres as private_postgres  # the fixture, shared
 from tests.worker_processes import WorkerProcesses
 
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
@@ -422,12 +423,14 @@ def worker_redis_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_limits_are_shared_by_worker_processes(tmp_path: Path, worker_redis_url: str) -> None:
+@pytest.mark.postgres
+def test_limits_are_shared_by_worker_processes(
+    tmp_path: Path, worker_redis_url: str, private_postgres: str
+) -> None:
     redis_url = worker_redis_url
-    database = tmp_path / "blog.db"
-    alembic_upgrade(f"sqlite+aiosqlite:///{database}")
+    alembic_upgrade(private_postgres)
     env = {
-        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "DATABASE_URL": private_postgres,
         "REDIS_URL": redis_url,
         "RATE_LIMIT_ENABLED": "true",
         "RATE_LIMIT_READ": "20/minute",
