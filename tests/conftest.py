@@ -305,15 +305,20 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A throw-away redis-server on a free port of its own (see tests/private_services.py)."""
+def redis_server_binary() -> str:
+    """The redis-server program; skip (or fail with TEST_REQUIRE_SERVICES=1) without it."""
     binary = shutil.which("redis-server")
     if binary is None:
         if REQUIRE_SERVICES:
             pytest.fail("TEST_REQUIRE_SERVICES=1 but redis-server is not installed")
         pytest.skip("redis-server is not installed")
-    with PrivateRedis(binary, free_port(), tmp_path / "redis") as server:
+    return binary
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A throw-away redis-server on a free port of its own (see tests/private_services.py)."""
+    with PrivateRedis(redis_server_binary(), free_port(), tmp_path / "redis") as server:
         yield server
 
 

@@ -4,18 +4,25 @@ by TEST_DATABASE_URL and TEST_REDIS_URL are never touched). The `private_redis` 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+import asyncpg
 import redis
+from sqlalchemy.engine import make_url
 
 
 class PrivateRedis:
@@ -238,3 +245,31 @@ class PrivatePostgres:
         traceback: TracebackType | None,
     ) -> None:
         self.remove()
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """An empty database of its own on `server_url`'s PostgreSQL server, dropped afterwards
+    (also while clients are still connected); yields its URL."""
+    url = make_url(server_url)
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+
+    def admin(statement: str) -> None:
+        async def run() -> None:
+            connection = await asyncpg.connect(
+                url.set(drivername="postgresql").render_as_string(hide_password=False)
+            )
+            try:
+                await connection.execute(statement)
+            finally:
+                await connection.close()
+
+        # Its own thread: the caller may be inside a running event loop (an async fixture).
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, run()).result()
+
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ROOT, TEST_DATABASE_URL, TEST_SECRET, in_own_thread, login, need_services
-from sqlalchemy.engine import make_url
+from private_services import scratch_database
 
 import models
 from config import Settings, normalize_database_url
@@ -81,31 +80,13 @@ def migrated_sqlite(directory: Path) -> str:
     return url
 
 
-async def _postgres_admin(url: str, statement: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture
 def private_postgres() -> Iterator[str]:
     """An empty PostgreSQL database of this test's own, dropped afterwards."""
     need_services("TEST_DATABASE_URL")
     assert TEST_DATABASE_URL is not None
-    admin_url = normalize_database_url(TEST_DATABASE_URL)
-    name = f"blog_helper2_{os.getpid()}_{secrets.token_hex(4)}"
-    in_own_thread(asyncio.run, _postgres_admin(admin_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        in_own_thread(
-            asyncio.run,
-            _postgres_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'),
-        )
+    with scratch_database(normalize_database_url(TEST_DATABASE_URL), "blog_helper2") as url:
+        yield url
 
 
 @pytest.fixture

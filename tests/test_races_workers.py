@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import secrets
-import shutil
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -20,16 +17,14 @@ import httpx
 import pytest
 from conftest import (
     PASSWORD,
-    REQUIRE_SERVICES,
     TEST_DATABASE_URL,
     alembic_upgrade,
     free_port,
-    in_own_thread,
     need_services,
+    redis_server_binary,
 )
 from core_helpers import assert_error
-from private_services import PrivateRedis
-from sqlalchemy.engine import make_url
+from private_services import PrivateRedis, scratch_database
 from test_idempotency import assert_one_write, assert_replay
 from worker_processes import WorkerProcesses
 
@@ -65,27 +60,17 @@ def database() -> Iterator[str]:
     """A migrated database of the module's own on TEST_DATABASE_URL's server, dropped after."""
     need_services("TEST_DATABASE_URL")
     assert TEST_DATABASE_URL is not None
-    admin_url = normalize_database_url(TEST_DATABASE_URL)
-    name = f"blog_races_{os.getpid()}_{secrets.token_hex(4)}"
-    in_own_thread(asyncio.run, execute(admin_url, f'CREATE DATABASE "{name}"'))
-    try:
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    with scratch_database(normalize_database_url(TEST_DATABASE_URL), "blog_races") as url:
         alembic_upgrade(url)
         yield url
-    finally:
-        drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-        in_own_thread(asyncio.run, execute(admin_url, drop))
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
     """A throw-away redis-server for the module (conftest's `private_redis`, module-scoped)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("TEST_REQUIRE_SERVICES=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed")
-    with PrivateRedis(binary, free_port(), tmp_path_factory.mktemp("redis")) as server:
+    with PrivateRedis(
+        redis_server_binary(), free_port(), tmp_path_factory.mktemp("redis")
+    ) as server:
         yield server
 
 
