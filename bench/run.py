@@ -57,8 +57,8 @@ WRK_SCRIPTS = BENCH / "wrk"
 HOST = "127.0.0.1"
 DEMO_PASSWORD = "demo-password"
 BENCH_TITLE_PREFIX = "[bench] "  # titles of the posts the create workload writes
-# Per-second windows keep the moving-window lists in Redis short (a list holds up to `limit`
-# entries) while being far above what one worker serves: never triggered, always counted.
+# Per-second windows keep the moving windows in Redis small (a sorted set holds the last window's
+# requests) while being far above what one worker serves: never triggered, always counted.
 RATE_LIMIT = "20000/second"
 SERVICE_START_TIMEOUT = 60.0
 WRK_TIMEOUT = "30s"  # per request; slow workloads show up in the latencies, not as errors

@@ -59,7 +59,7 @@ RESULTS = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
 PASSWORD = "soak-password"
 # Far above what two workers serve, so they never trigger, but every request is counted; a
-# per-second window keeps Redis's moving-window lists short (a list holds up to `limit` entries).
+# per-second window keeps Redis's moving windows small (a sorted set of the last window's requests).
 RATE_LIMIT = "2000/second"
 HOT_POSTS = 4
 STARTUP_TIMEOUT = 90.0
