@@ -145,11 +145,6 @@ def _can_write(viewer: User, post: Post) -> bool:
     return viewer.role == "admin" or post.author_id == viewer.id
 
 
-async def get_post(session: AsyncSession, post_id: int) -> Post | None:
-    """A post whatever its visibility; callers decide who may see it."""
-    return (await session.execute(select(Post).where(Post.id == post_id))).scalar_one_or_none()
-
-
 # A post as the API shows it, in plain columns for the hot reads (Database.fetch_all).
 POST_COLUMNS = (
     Post.id,

@@ -6,9 +6,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
@@ -195,9 +197,6 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
 def lost_database(exc: BaseException) -> bool:
     """Whether an error means the database cannot be reached (down, restarting, connection
     lost), as opposed to a bug or a rejected statement."""
-    import asyncpg
-    from sqlalchemy.exc import DBAPIError
-
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     lost = (
@@ -227,8 +226,6 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 
 def register_error_handlers(app: FastAPI) -> None:
     """Translate every error into the envelope, in this one place."""
-    from sqlalchemy.exc import DBAPIError
-
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(OSError, _database_error)

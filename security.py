@@ -25,10 +25,6 @@ def hash_password(password: str) -> str:
     return password_hasher.hash(password)
 
 
-def verify_password(password: str, password_hash: str) -> bool:
-    return password_hasher.verify(password, password_hash)
-
-
 def verify_and_update_password(password: str, password_hash: str) -> tuple[bool, str | None]:
     """Whether the password matches, and a new hash when the stored one was made with other
     parameters (e.g. before the cost settings above): logins move old hashes over."""
