@@ -66,6 +66,17 @@ async def get_optional_user(
 OptionalUser = Annotated[User | None, Depends(get_optional_user)]
 
 
+async def reject_unsound_token(
+    connection: HTTPConnection,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> None:
+    """A sent token must be sound (signature, algorithm, claims, expiry), checked without the
+    database: for liveness, readiness, metrics and the docs, which show nothing of a user's and
+    must answer while the database is down."""
+    if token is not None:
+        decode_access_token(token, connection.app.state.settings.jwt_secret)
+
+
 async def get_current_user(user: OptionalUser) -> User:
     if user is None:
         raise NotAuthenticated()

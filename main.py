@@ -13,7 +13,7 @@ import crud
 from cache import PostReader, create_post_cache
 from config import Settings, get_settings
 from database import Database
-from deps import get_optional_user
+from deps import get_optional_user, reject_unsound_token
 from effects import Effects
 from errors import error_responses, register_error_handlers
 from logging_setup import configure_logging
@@ -116,16 +116,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     register_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(metrics_routes.router)
-    # A bearer token that is sent but bad is refused on every API route, public ones included.
+    # A bearer token that is sent but bad is refused on every endpoint, public ones included;
+    # operational ones and the docs check it without the database.
+    check_token_offline = [Depends(reject_unsound_token)]
+    for router in (health.router, metrics_routes.router):
+        app.include_router(router, dependencies=check_token_offline, responses=error_responses(401))
     check_token = [Depends(get_optional_user)]
     common = error_responses(400, 401, 422, 429)
     for router in (auth.router, posts.router, comments.router):
         app.include_router(router, dependencies=check_token, responses=common)
     app.include_router(realtime_routes.router)
     if settings.docs_enabled:
-        install_docs(app)
+        install_docs(app, dependencies=check_token_offline)
     # Inside CORS (so 429s carry CORS headers) and RequestContext (so they carry X-Request-ID).
     app.add_middleware(RateLimitMiddleware, settings=settings)
     if settings.cors_origins:

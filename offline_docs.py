@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -18,7 +19,9 @@ from fastapi.openapi.docs import (
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
+from fastapi.params import Depends
 from starlette.responses import HTMLResponse
+from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
 from security_headers import docs_content_security_policy
@@ -56,11 +59,24 @@ def with_policy(page: HTMLResponse) -> HTMLResponse:
     return page
 
 
-def install_docs(app: FastAPI) -> None:
-    """Serve Swagger UI at /docs and ReDoc at /redoc from local assets; needs app.openapi_url."""
+def install_docs(app: FastAPI, dependencies: Sequence[Depends] = ()) -> None:
+    """Serve Swagger UI at /docs and ReDoc at /redoc from local assets; needs app.openapi_url.
+
+    `dependencies` run before each docs page and the schema (FastAPI's own schema route is
+    registered again as an APIRoute so that they can)."""
     openapi_url = app.openapi_url
     if openapi_url is None:
         raise RuntimeError("install_docs needs the OpenAPI schema (openapi_url) to be enabled")
+    routes = app.router.routes
+    (schema_route,) = [r for r in routes if isinstance(r, Route) and r.path == openapi_url]
+    routes.remove(schema_route)
+    app.add_api_route(
+        openapi_url,
+        schema_route.endpoint,
+        methods=["GET", "HEAD"],
+        include_in_schema=False,
+        dependencies=dependencies,
+    )
     if not (DOCS_ASSETS_DIR / SWAGGER_JS).is_file() or not (DOCS_ASSETS_DIR / REDOC_JS).is_file():
         raise RuntimeError(f"docs assets missing in {DOCS_ASSETS_DIR}; run `make docs-assets`")
     app.mount(ASSETS_PATH, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
@@ -99,8 +115,11 @@ def install_docs(app: FastAPI) -> None:
             )
         )
 
-    app.add_api_route(SWAGGER_PATH, swagger_ui, methods=["GET"], include_in_schema=False)
-    app.add_api_route(
-        OAUTH2_REDIRECT_PATH, swagger_ui_redirect, methods=["GET"], include_in_schema=False
-    )
-    app.add_api_route(REDOC_PATH, redoc, methods=["GET"], include_in_schema=False)
+    for path, page in (
+        (SWAGGER_PATH, swagger_ui),
+        (OAUTH2_REDIRECT_PATH, swagger_ui_redirect),
+        (REDOC_PATH, redoc),
+    ):
+        app.add_api_route(
+            path, page, methods=["GET"], include_in_schema=False, dependencies=dependencies
+        )

@@ -317,6 +317,14 @@ async def test_a_sent_bad_token_is_401_on_public_endpoints(
         ("GET", "/posts?q=public&sort=title", {}),
         ("POST", "/auth/login", login_form),
         ("POST", "/auth/register", signup),
+        # operational endpoints and the docs check a token without the database
+        ("GET", "/", {}),
+        ("GET", "/health/ready", {}),
+        ("GET", "/metrics", {}),
+        ("GET", "/openapi.json", {}),
+        ("GET", "/docs", {}),
+        ("GET", "/docs/oauth2-redirect", {}),
+        ("GET", "/redoc", {}),
     ]
     expired = sign(claims_for(alice["id"], exp=datetime.now(UTC) - timedelta(seconds=5)))
     forged = sign(claims_for(alice["id"]), key="x" * 40)
