@@ -303,7 +303,7 @@ class RateLimitMiddleware:
 
         async def shared(_client: Redis) -> Decision:
             args: list[int | str] = [item.amount, item.get_expiry(), next(self._members)]
-            allowed, remaining, reset_in = await script(keys=[window_key], args=args)
+            allowed, remaining, reset_in = await backend.run_script(script, [window_key], args)
             return decision(item, allowed == 1, int(remaining), float(reset_in))
 
         async def local() -> Decision:

@@ -1,0 +1,62 @@
+"""RedisBackend.execute / run_script: the lean command path the per-request hot paths use.
+
+Each test has a private redis-server (conftest's `private_redis`), so restarting it and flushing
+its scripts disturbs no one else."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from private_services import PrivateRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from redis_backend import RedisBackend
+
+INCREMENT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+@pytest.fixture
+async def backend(private_redis: PrivateRedis) -> RedisBackend:
+    return RedisBackend(private_redis.url)
+
+
+async def test_execute_answers_as_redis_sent_it(backend: RedisBackend) -> None:
+    assert await backend.execute("SET", "k", "v") == b"OK"
+    assert await backend.execute("MGET", "k", "missing") == [b"v", None]
+    await backend.close()
+
+
+async def test_run_script_loads_a_script_redis_has_forgotten(
+    backend: RedisBackend, private_redis: PrivateRedis
+) -> None:
+    script = backend.client.register_script(INCREMENT)
+    assert await backend.run_script(script, ["n"], [2]) == 2  # never loaded: NOSCRIPT, then load
+    private_redis.client().script_flush()
+    assert await backend.run_script(script, ["n"], [3]) == 5
+    assert await backend.run_script(script, ["n"], [1]) == 6
+    await backend.close()
+
+
+async def test_a_connection_redis_closed_is_retried_once(
+    backend: RedisBackend, private_redis: PrivateRedis
+) -> None:
+    """After a restart every pooled connection is dead; the first command still succeeds."""
+    # several pooled connections, all opened before the restart
+    await asyncio.gather(*(backend.execute("PING") for _ in range(4)))
+    assert len(backend.client.connection_pool._available_connections) >= 2
+    private_redis.stop()
+    private_redis.start()
+    for _ in range(4):
+        assert await backend.execute("PING") == b"PONG"
+    await backend.close()
+
+
+async def test_redis_down_is_an_error_not_a_hang(
+    backend: RedisBackend, private_redis: PrivateRedis
+) -> None:
+    await backend.execute("PING")
+    private_redis.stop()
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(backend.execute("PING"), timeout=5)
+    await backend.close()
