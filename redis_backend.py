@@ -105,7 +105,7 @@ class RedisBackend:
         post cache lookup) send theirs here. Like the client it retries once on a connection
         Redis closed (it restarted); a timeout is not retried."""
         pool = self.client.connection_pool
-        connection = await pool.get_connection()
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             try:
                 await connection.send_command(*args)
