@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -385,6 +386,21 @@ def test_decode_expired_and_forged() -> None:
     for sub in ("abc", "", "1.5", "-3"):
         with pytest.raises(InvalidToken):
             security.decode_access_token(sign(claims_for(1, sub=sub)), TEST_SECRET)
+
+
+def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """security._verified_token keeps verified tokens; the expiry is checked on every use."""
+    now = datetime.now(UTC)
+    token = sign(claims_for(7, iat=now, exp=now + timedelta(seconds=60)))
+    assert security.decode_access_token(token, TEST_SECRET) == 7
+    assert security.decode_access_token(token, TEST_SECRET) == 7  # from memory
+    later = (now + timedelta(seconds=60)).timestamp()
+    monkeypatch.setattr(security, "time", SimpleNamespace(time=lambda: later))
+    with pytest.raises(TokenExpired):
+        security.decode_access_token(token, TEST_SECRET)
+    # remembered per secret too: the same text under another key is still refused
+    with pytest.raises(InvalidToken):
+        security.decode_access_token(token, "another-secret-key-" * 3)
 
 
 def test_password_hashing() -> None:
