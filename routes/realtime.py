@@ -12,6 +12,7 @@ import crud
 import observability
 from errors import AppError
 from models import User
+from ratelimit import bearer_token
 from realtime import CLOSE_POLICY, MAX_MESSAGE_CHARS, LiveSocket, LocalHub
 from schemas import ObjectId
 from security import decode_access_token
@@ -33,9 +34,14 @@ async def _viewer(websocket: WebSocket, token: str | None) -> User | None:
 
 @router.websocket("/ws/posts/{post_id}")
 async def post_updates(websocket: WebSocket, post_id: ObjectId, token: str | None = None) -> None:
-    """Live events for a post; signed-in sockets may also send short messages."""
+    """Live events for a post; signed-in sockets may also send short messages.
+
+    The token comes from `?token=` (browsers cannot set headers on a WebSocket) or, for other
+    clients, from `Authorization: Bearer`; a bad one is refused either way."""
     try:
-        viewer = await _viewer(websocket, token)
+        viewer = await _viewer(
+            websocket, token if token is not None else bearer_token(websocket.scope)
+        )
         async with websocket.app.state.database.sessionmaker() as session:
             await crud.get_visible_post(session, post_id, viewer)
     except AppError:

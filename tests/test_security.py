@@ -300,7 +300,14 @@ async def test_websocket_refuses_forged_expired_and_orphaned_tokens(
             async with websockets.connect(f"{base}?token={token}"):
                 pass
         assert refused.value.response.status_code == 403, name
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(base, additional_headers=bearer(token)):
+                pass
+        assert refused.value.response.status_code == 403, f"{name} (header)"
     async with websockets.connect(f"{base}?token={token_of(alice_headers)}") as socket:
+        await socket.send("hello")
+        assert json.loads(await socket.recv())["type"] == "message"
+    async with websockets.connect(base, additional_headers=alice_headers) as socket:
         await socket.send("hello")
         assert json.loads(await socket.recv())["type"] == "message"
 
