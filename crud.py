@@ -193,11 +193,29 @@ async def _get_writable_post(
 POSTS: Table = Post.__table__  # type: ignore[assignment]  # a Table; typed as FromClause
 
 
+# Built once: the columns a new post sets, each a named bind parameter (see create_post).
+NEW_POST_COLUMNS = (
+    "title",
+    "content",
+    "published",
+    "author_id",
+    "version",
+    "created_at",
+    "updated_at",
+)
+INSERT_POST = (
+    insert(POSTS)
+    .values({name: bindparam(name, type_=POSTS.c[name].type) for name in NEW_POST_COLUMNS})
+    .returning(POSTS.c.id)
+)
+
+
 async def create_post(
-    session: AsyncSession, author: User, data: PostCreate, *, commit: bool = True
+    database: Database, author: User, data: PostCreate, *, session: AsyncSession | None = None
 ) -> Post:
-    """Insert a post (a plain INSERT ... RETURNING: nothing for the unit of work to track); the
-    returned object is not in the session, with the caller as its owner."""
+    """Insert a post: committed on its own (one autocommit INSERT ... RETURNING), or, given a
+    session, inside its transaction for the caller to commit (idempotent creates commit it with
+    their record). The returned object is in no session, with the caller as its owner."""
     now = utcnow()
     values = {
         "title": data.title,
@@ -208,15 +226,16 @@ async def create_post(
         "created_at": now,
         "updated_at": now,
     }
-    statement = insert(POSTS).values(**values).returning(POSTS.c.id)
     try:
-        post_id = (await session.execute(statement)).scalar_one()
+        if session is None:
+            (row,) = await database.write_returning(INSERT_POST, values)
+        else:
+            row = (await session.execute(INSERT_POST, values)).mappings().one()
     except IntegrityError:
-        await session.rollback()
+        if session is not None:
+            await session.rollback()
         raise PostTitleExists() from None
-    if commit:
-        await session.commit()
-    return Post(id=post_id, owner=author, **values)
+    return Post(id=row["id"], owner=author, **values)
 
 
 async def update_post(

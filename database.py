@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from asyncpg.exceptions import IntegrityConstraintViolationError
 from sqlalchemy import event, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.exc import IntegrityError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import ReturningInsert
 from starlette.requests import HTTPConnection
 
 from config import Settings, sqlite_path
@@ -70,6 +72,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 Row = Mapping[str, Any]
 AnySelect = Select[*tuple[Any, ...]]
+ReturningWrite = ReturningInsert[*tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class DriverStatement:
     binds: tuple[tuple[str, Any], ...]
 
     @classmethod
-    def compile(cls, statement: AnySelect, dialect: Dialect) -> DriverStatement:
+    def compile(cls, statement: AnySelect | ReturningWrite, dialect: Dialect) -> DriverStatement:
         compiled = statement.compile(dialect=dialect)
         names = compiled.positiontup or ()
         binds = tuple((name, compiled.binds[name].effective_value) for name in names)
@@ -110,7 +113,7 @@ class Database:
             else self.engine
         )
         self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False)
-        self._driver_sql: dict[AnySelect, DriverStatement] = {}  # by identity
+        self._driver_sql: dict[AnySelect | ReturningWrite, DriverStatement] = {}  # by identity
 
     async def fetch_all(
         self, statement: AnySelect, params: Mapping[str, Any] | None = None
@@ -119,15 +122,35 @@ class Database:
 
         For the hot reads, with statements built once (module constants, or one per query
         shape) whose values are named bind parameters. On PostgreSQL the statement runs straight
-        on the asyncpg connection: compiled once per statement object, prepared by asyncpg's
-        statement cache, skipping SQLAlchemy's per-execution and result machinery (several times
-        the cost of the fetch itself). Values go to asyncpg as they are (no bind processors: pass
-        aware datetimes) and come back as it decodes them (timestamptz as aware UTC datetimes).
-        """
+        on the asyncpg connection (see `_driver_fetch`)."""
         if not self.is_postgres:
             async with self.read_engine.connect() as connection:
                 result = await connection.execute(statement, params)
                 return [dict(row) for row in result.mappings()]
+        return await self._driver_fetch(statement, params)
+
+    async def write_returning(
+        self, statement: ReturningWrite, params: Mapping[str, Any] | None = None
+    ) -> list[Row]:
+        """The RETURNING rows of one INSERT/UPDATE/DELETE, committed on its own.
+
+        On PostgreSQL a single statement in autocommit is its own transaction: one round trip
+        where a session would add BEGIN and COMMIT. A constraint violation raises SQLAlchemy's
+        IntegrityError on both backends."""
+        if not self.is_postgres:
+            async with self.engine.begin() as connection:
+                result = await connection.execute(statement, params)
+                return [dict(row) for row in result.mappings()]
+        return await self._driver_fetch(statement, params)
+
+    async def _driver_fetch(
+        self, statement: AnySelect | ReturningWrite, params: Mapping[str, Any] | None
+    ) -> list[Row]:
+        """Run a prebuilt statement on the asyncpg connection of an autocommit pool checkout:
+        compiled once per statement object, prepared by asyncpg's statement cache, skipping
+        SQLAlchemy's per-execution and result machinery (several times the cost of the query
+        itself). Values go to asyncpg as they are (no bind processors: pass aware datetimes)
+        and come back as it decodes them (timestamptz as aware UTC datetimes)."""
         plan = self._driver_sql.get(statement)
         if plan is None:
             if len(self._driver_sql) >= MAX_COMPILED_STATEMENTS:
@@ -141,6 +164,8 @@ class Database:
             assert driver is not None
             try:
                 records = await driver.fetch(plan.sql, *arguments)
+            except IntegrityConstraintViolationError as exc:
+                raise IntegrityError(plan.sql, arguments, exc) from exc
             except Exception as exc:
                 if lost_database(exc):
                     await connection.invalidate(exc)

@@ -60,6 +60,11 @@ def expected_versions(if_match: str | None, post_id: int) -> set[int] | None:
     return versions
 
 
+def _created(post: Post) -> idempotency.Answer:
+    body = PostRead.model_validate(post).model_dump_json().encode()
+    return idempotency.Answer(201, body, f"/posts/{post.id}", created=post)
+
+
 def _post_response(post: Post, response: Response) -> PostRead:
     response.headers["ETag"] = etag_of(post)
     return PostRead.model_validate(post)
@@ -189,20 +194,22 @@ async def get_post(
 async def create_post(
     data: PostCreate,
     request: Request,
-    session: SessionDep,
+    database: DatabaseDep,
     user: CurrentUser,
     effects: EffectsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Create a post; its title must be unique (case-insensitively)."""
-
-    async def write() -> idempotency.Answer:
-        post = await crud.create_post(session, user, data, commit=False)
-        body = PostRead.model_validate(post).model_dump_json().encode()
-        return idempotency.Answer(201, body, f"/posts/{post.id}", created=post)
-
     scope = await idempotency.scope_for(request, user, idempotency_key)
-    answer = await idempotency.run(session, scope, write)
+    if scope is None:
+        answer = _created(await crud.create_post(database, user, data))
+    else:  # the post and its recorded answer commit together
+        async with database.sessionmaker() as session:
+
+            async def write() -> idempotency.Answer:
+                return _created(await crud.create_post(database, user, data, session=session))
+
+            answer = await idempotency.run(session, scope, write)
     if answer.created is not None:
         await effects.post_created(answer.created)
     return answer_response(answer)
