@@ -132,7 +132,7 @@ class Database:
     async def write_returning(
         self, statement: ReturningWrite, params: Mapping[str, Any] | None = None
     ) -> list[Row]:
-        """The RETURNING rows of one INSERT/UPDATE/DELETE, committed on its own.
+        """The RETURNING rows of one INSERT, committed on its own.
 
         On PostgreSQL a single statement in autocommit is its own transaction: one round trip
         where a session would add BEGIN and COMMIT. A constraint violation raises SQLAlchemy's
