@@ -42,7 +42,7 @@ from errors import (
     PreconditionFailed,
     UsernameTaken,
 )
-from models import POST_SEARCH_DOCUMENT, Comment, Post, User, UTCDateTime, utcnow
+from models import Comment, Post, User, UTCDateTime, utcnow
 from pagination import Cursor
 from schemas import PostCreate, PostFilters, PostSort, UserCreate
 
@@ -347,8 +347,8 @@ _list_statements: dict[ListShape, tuple[AnySelect, AnySelect]] = {}
 
 def _search_condition(postgres: bool) -> ColumnElement[bool]:
     if postgres:
-        document: ColumnElement[Any] = literal_column(POST_SEARCH_DOCUMENT)
-        return document.op("@@")(func.plainto_tsquery(literal_column("'english'"), bindparam("q")))
+        query = func.plainto_tsquery(literal_column("'english'"), bindparam("q"))
+        return Post.search_document.op("@@")(query)
     matching_ids = text("SELECT rowid FROM posts_fts WHERE posts_fts MATCH :q")
     return Post.id.in_(matching_ids.columns(literal_column("rowid")))
 

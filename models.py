@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    Computed,
     DateTime,
     Dialect,
     ForeignKey,
@@ -19,6 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -30,8 +33,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# The document PostgreSQL's full-text index is built over, spelled as PostgreSQL prints it back
-# (so Alembic's comparison sees no change); queries must use the same expression.
+# The full-text document PostgreSQL stores in posts.search_document, spelled as PostgreSQL
+# prints it back (so Alembic's comparison sees no change).
 POST_SEARCH_DOCUMENT = "to_tsvector('english'::regconfig, (title::text || ' '::text) || content)"
 
 
@@ -87,7 +90,7 @@ class Post(Base):
         Index("ix_posts_published_updated", "published", "updated_at", "id"),
         Index("ix_posts_published_title", "published", "title", "id"),
         Index("ix_posts_author_created", "author_id", "created_at", "id"),
-        Index("ix_posts_search", text(POST_SEARCH_DOCUMENT), postgresql_using="gin").ddl_if(
+        Index("ix_posts_search", "search_document", postgresql_using="gin").ddl_if(
             dialect="postgresql"
         ),
     )
@@ -100,6 +103,15 @@ class Post(Base):
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # PostgreSQL only (migration 0004; alembic/env.py leaves it out on SQLite, which searches
+    # its FTS5 table): the full-text document, computed and stored by the database on each
+    # write, so a search filters on a stored value instead of computing it for every row.
+    search_document: Mapped[str | None] = mapped_column(
+        TSVECTOR, Computed(text(POST_SEARCH_DOCUMENT), persisted=True), deferred=True
+    )
+    # Not fetched back after an ORM insert or update (it would be, by RETURNING, and it does
+    # not exist on SQLite); nothing reads it, searches only filter on it.
+    __mapper_args__ = MappingProxyType({"eager_defaults": False})
 
     owner: Mapped[User] = relationship(lazy="joined", innerjoin=True)
 

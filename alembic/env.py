@@ -1,6 +1,7 @@
 """Alembic environment: migrates the database named by DATABASE_URL (or the caller's URL)."""
 
 import asyncio
+from collections.abc import Callable
 from logging.config import fileConfig
 from typing import Any
 
@@ -24,18 +25,30 @@ def database_url() -> str:
     return normalize_database_url(url) if url else Settings().database_url
 
 
-def include_object(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-) -> bool:
-    """Leave SQLite's FTS5 tables (maintained by triggers, not models) out of comparisons."""
-    return not (type_ == "table" and name is not None and name.startswith("posts_fts"))
+# Each backend's full-text search machinery: SQLite's FTS5 tables (kept by triggers, not
+# models) and, on PostgreSQL only, posts.search_document with its GIN index.
+SQLITE_ONLY_TABLE_PREFIX = "posts_fts"
+POSTGRES_ONLY = {("column", "search_document"), ("index", "ix_posts_search")}
+
+
+def include_object_for(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """What Alembic's comparison looks at on this backend."""
+
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        if type_ == "table" and name is not None and name.startswith(SQLITE_ONLY_TABLE_PREFIX):
+            return False
+        return dialect == "postgresql" or (type_, name) not in POSTGRES_ONLY
+
+    return include_object
 
 
 def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        include_object=include_object,
+        include_object=include_object_for(connection.dialect.name),
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )

@@ -171,8 +171,15 @@ def assert_postgres_schema(url: str) -> None:
     assert SQLITE_INDEXES | {"ix_posts_search"} <= set(indexes)
     for name in ("uq_users_username_lower", "uq_posts_title_lower"):
         assert "UNIQUE" in indexes[name] and "lower(" in indexes[name]
-    assert "USING gin" in indexes["ix_posts_search"]
-    assert "to_tsvector('english'" in indexes["ix_posts_search"]
+    assert "USING gin (search_document)" in indexes["ix_posts_search"]
+    (document,) = postgres_query(
+        url,
+        "SELECT attgenerated, pg_get_expr(adbin, adrelid) AS expression FROM pg_attribute "
+        "JOIN pg_attrdef ON adrelid = attrelid AND adnum = attnum "
+        "WHERE attrelid = 'posts'::regclass AND attname = 'search_document'",
+    )
+    assert document["attgenerated"] == b"s"  # stored ("char" comes back as bytes)
+    assert document["expression"].startswith("to_tsvector('english'")
     versions = [row["version_num"] for row in postgres_query(url, "SELECT * FROM alembic_version")]
     assert versions == [head_revision()]
 
