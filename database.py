@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,10 @@ class Database:
         )
         self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False)
         self._driver_sql: dict[AnySelect | ReturningWrite, DriverStatement] = {}  # by identity
+        # Driver queries queue here, first come first served, before they take a connection:
+        # the pool's own queue lets a newcomer take a connection just handed to a waiter, and a
+        # waiter that loses goes to the back, so under load some requests waited seconds.
+        self._driver_slots = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
 
     async def fetch_all(
         self, statement: AnySelect, params: Mapping[str, Any] | None = None
@@ -160,6 +165,12 @@ class Database:
                 statement, self.engine.dialect
             )
         arguments = plan.arguments(params or {})
+        async with self._driver_slots:
+            return await self._fetch_on_pooled_connection(plan, arguments)
+
+    async def _fetch_on_pooled_connection(
+        self, plan: DriverStatement, arguments: list[Any]
+    ) -> list[Row]:
         # The pool's connection itself, not a Connection around it (half the cost of the fetch
         # again); asyncpg runs each statement in its own transaction, as autocommit would.
         try:
