@@ -11,6 +11,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -23,6 +24,21 @@ MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 MAX_SKIP = 1_000_000
 
 ObjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+def _not_a_number(value: Any) -> Any:
+    """Query dates are ISO 8601; pydantic alone would take "1700000000" (or "20260101") as a
+    Unix time."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("Input should be an ISO 8601 date-time, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+DateBound = Annotated[datetime | None, BeforeValidator(_not_a_number)]
 Skip = Annotated[int | None, Query(ge=0, le=MAX_SKIP, description="Offset; not with `cursor`.")]
 Limit = Annotated[int, Query(ge=1, le=100)]
 

@@ -20,6 +20,7 @@ from models import Post, as_utc
 from pagination import next_link
 from schemas import (
     MAX_ID,
+    DateBound,
     Limit,
     ObjectId,
     PostCreate,
@@ -103,12 +104,8 @@ async def list_posts(
         str | None,
         Query(min_length=1, max_length=50, pattern=NO_NUL, description="Username substring."),
     ] = None,
-    min_date: Annotated[
-        datetime | None, Query(description="created_at ≥ this (UTC if naive).")
-    ] = None,
-    max_date: Annotated[
-        datetime | None, Query(description="created_at ≤ this (UTC if naive).")
-    ] = None,
+    min_date: Annotated[DateBound, Query(description="created_at ≥ this (UTC if naive).")] = None,
+    max_date: Annotated[DateBound, Query(description="created_at ≤ this (UTC if naive).")] = None,
     q: Annotated[
         str | None,
         Query(min_length=1, max_length=200, pattern=NO_NUL, description="Full-text search."),

@@ -103,6 +103,10 @@ BAD_LIST_PARAMETERS: list[tuple[dict[str, Any], str]] = [
     ({"published": "perhaps"}, "published"),
     ({"count": "sure"}, "count"),
     ({"min_date": "yesterday"}, "min_date"),
+    # ISO 8601 only: pydantic alone would read these as Unix times
+    ({"min_date": "1700000000"}, "min_date"),
+    ({"max_date": "-1.4e-45"}, "max_date"),
+    ({"max_date": "20260101"}, "max_date"),
 ]
 
 
