@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -26,6 +27,7 @@ T = TypeVar("T")
 
 RETRY_AFTER_SECONDS = 2.0
 SOCKET_TIMEOUT_SECONDS = 0.5
+MAX_IDLE_CONNECTIONS = 64  # kept for the hot path; more concurrent commands open (then close) more
 
 FallbackListener = Callable[[str], None]
 
@@ -45,6 +47,7 @@ class RedisBackend:
             # a new outage. A real outage still fails at once (connection refused).
             retry=Retry(NoBackoff(), 1),
         )
+        self._idle: list[AbstractConnection] = []  # execute's own connections, most recent last
         self._down_since: float | None = None
         self._retry_at = 0.0
         self.fallback_listeners: list[FallbackListener] = []
@@ -98,14 +101,17 @@ class RedisBackend:
         return result
 
     async def execute(self, *args: EncodableT) -> Any:
-        """One command on a pooled connection, answered as Redis sent it.
+        """One command on a connection of the hot path's own, answered as Redis sent it.
 
-        The client wraps every command in retries, deprecation checks and telemetry hooks, about
-        half the CPU time of a round trip; the per-request hot paths (the rate-limit check, the
-        post cache lookup) send theirs here. Like the client it retries once on a connection
-        Redis closed (it restarted); a timeout is not retried."""
-        pool = self.client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        The client's pool takes two locks, checks the socket and records metrics on every
+        checkout, and the client wraps every command in retries, deprecation checks and
+        telemetry hooks: together more CPU time than the round trip itself. The per-request hot
+        paths (the rate-limit check, the post cache lookup) send theirs here, on connections
+        made like the pool's and kept in a plain list. Like the client it retries once on a
+        connection Redis closed (it restarted). A command interrupted halfway (a timeout, a
+        cancelled request) leaves its connection disconnected (redis-py does that), so a late
+        reply is never read as the next command's; it reconnects when next used."""
+        connection = self._idle.pop() if self._idle else self._new_connection()
         try:
             try:
                 await connection.send_command(*args)
@@ -115,7 +121,16 @@ class RedisBackend:
                 await connection.send_command(*args)
                 return await connection.read_response()
         finally:
-            await pool.release(connection)
+            if len(self._idle) < MAX_IDLE_CONNECTIONS:
+                self._idle.append(connection)
+            else:
+                await connection.disconnect()
+
+    def _new_connection(self) -> AbstractConnection:
+        """Unconnected, made as the client's pool makes them (URL, timeouts, health checks)."""
+        pool = self.client.connection_pool
+        connection: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
+        return connection
 
     async def run_script(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]
@@ -132,4 +147,7 @@ class RedisBackend:
         return True
 
     async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect()
         await self.client.aclose()

@@ -10,6 +10,7 @@ import asyncio
 import pytest
 from private_services import PrivateRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redis_backend import RedisBackend
 
@@ -27,6 +28,40 @@ async def test_execute_answers_as_redis_sent_it(backend: RedisBackend) -> None:
     await backend.close()
 
 
+async def test_execute_reuses_its_own_connections(backend: RedisBackend) -> None:
+    for _ in range(5):
+        assert await backend.execute("PING") == b"PONG"
+    assert len(backend._idle) == 1  # one connection served all five, one after another
+    await asyncio.gather(*(backend.execute("PING") for _ in range(3)))
+    assert len(backend._idle) == 3
+    # the client's own pool is left to the rest (pub/sub, health checks)
+    assert backend.client.connection_pool._available_connections == []
+    await backend.close()
+    assert backend._idle == []
+
+
+async def test_a_command_that_timed_out_leaves_no_late_reply_behind(
+    backend: RedisBackend,
+) -> None:
+    """BLPOP answers after 1 s, past the 0.5 s socket timeout; its late reply must not be read
+    as the answer to the next command on that connection."""
+    await backend.execute("RPUSH", "other", "x")
+    with pytest.raises(RedisTimeoutError):
+        await backend.execute("BLPOP", "empty", "1")
+    await asyncio.sleep(0.7)  # the late reply (nil) has arrived by now
+    assert await backend.execute("LPOP", "other") == b"x"
+    assert await backend.execute("PING") == b"PONG"
+    await backend.close()
+
+
+async def test_a_cancelled_command_leaves_no_late_reply_behind(backend: RedisBackend) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(backend.execute("BLPOP", "empty", "0.3"), timeout=0.05)
+    await asyncio.sleep(0.4)
+    assert await backend.execute("ECHO", "mine") == b"mine"
+    await backend.close()
+
+
 async def test_run_script_loads_a_script_redis_has_forgotten(
     backend: RedisBackend, private_redis: PrivateRedis
 ) -> None:
@@ -35,6 +70,7 @@ async def test_run_script_loads_a_script_redis_has_forgotten(
     private_redis.client().script_flush()
     assert await backend.run_script(script, ["n"], [3]) == 5
     assert await backend.run_script(script, ["n"], [1]) == 6
+    assert len(backend._idle) == 1  # an error reply (NOSCRIPT) leaves the connection in use
     await backend.close()
 
 
@@ -44,7 +80,7 @@ async def test_a_connection_redis_closed_is_retried_once(
     """After a restart every pooled connection is dead; the first command still succeeds."""
     # several pooled connections, all opened before the restart
     await asyncio.gather(*(backend.execute("PING") for _ in range(4)))
-    assert len(backend.client.connection_pool._available_connections) >= 2
+    assert len(backend._idle) >= 2
     private_redis.stop()
     private_redis.start()
     for _ in range(4):
