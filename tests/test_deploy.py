@@ -4,6 +4,7 @@ with one clear line instead of a traceback."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -17,6 +18,9 @@ import pytest
 from conftest import ROOT
 from test_manage import UNREACHABLE_URL, command_env
 from test_manage import private_postgres as private_postgres  # the fixture, shared
+
+from config import Settings
+from main import create_app
 
 START_SCRIPT = ROOT / "docker" / "start.sh"
 STARTUP_TIMEOUT = 120.0  # seconds; generous for a loaded CI machine
@@ -70,6 +74,16 @@ def wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> httpx.Res
             pass
         time.sleep(0.3)
     pytest.fail(f"{url} did not answer 200 within {STARTUP_TIMEOUT}s:\n{log.read_text()}")
+
+
+async def test_start_up_freezes_what_it_built_out_of_the_cyclic_gc(settings: Settings) -> None:
+    """Start-up objects live as long as the worker: full collections skip them (gc.freeze),
+    and shutdown hands them back, so apps started and stopped in one process leak nothing."""
+    application = create_app(settings)
+    assert gc.get_freeze_count() == 0
+    async with application.router.lifespan_context(application):
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
 
 
 @pytest.mark.postgres
