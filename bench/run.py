@@ -22,18 +22,15 @@ Run with the project's venv: `.venv/bin/python bench/run.py [--duration 10] [--r
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import json
 import math
 import os
-import platform
 import random
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -49,12 +46,32 @@ from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
+from common import (
+    BENCH,
+    HOST,
+    RESULTS,
+    ROOT,
+    BenchError,
+    argument_parser,
+    child_pids,
+    cpu_seconds,
+    flush_redis,
+    free_port,
+    load_line,
+    log,
+    log_tail,
+    machine_line,
+    manage,
+    proc_status,
+    production_env,
+    recreate_database,
+    run_script,
+    run_sql,
+    start_in_session,
+    stop_process_group,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-RESULTS = BENCH / "results"
 WRK_SCRIPTS = BENCH / "wrk"
-HOST = "127.0.0.1"
 DEMO_PASSWORD = "demo-password"
 BENCH_TITLE_PREFIX = "[bench] "  # titles of the posts the create workload writes
 # Per-second windows keep the moving windows in Redis small (a sorted set holds the last window's
@@ -65,21 +82,11 @@ WRK_TIMEOUT = "30s"  # per request; slow workloads show up in the latencies, not
 PROFILE_RATE = 200  # py-spy samples per second
 
 
-class BenchError(Exception):
-    """A failure that ends the run: printed as one line, exit code 1."""
-
-
-def log(message: str = "") -> None:
-    print(message, flush=True)
-
-
 # --- command line ------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="bench/run.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = argument_parser("bench/run.py", __doc__)
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     parser.add_argument(
         "--warmup", type=int, default=None, help="seconds of warm-up per side (default d/5, ≥1)"
@@ -149,16 +156,6 @@ class WrkResult:
         )
 
 
-def busy_warning(*loads: float) -> str:
-    cpus = os.cpu_count() or 1
-    if max(loads) > cpus:
-        return (
-            f": **more runnable work than the {cpus} CPUs: other processes were competing, "
-            "the figures are lower and noisier than on an idle machine**"
-        )
-    return ""
-
-
 def rate(value: float) -> str:
     """Requests per second: whole numbers, one decimal below 100."""
     return fmt(value, 1 if value < 100 else 0)
@@ -212,37 +209,7 @@ def ensure_wrk() -> str:
     raise BenchError("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
 
 
-# --- databases, Redis, processes -------------------------------------------------------------
-
-
-def run_sql(dsn: str, work: Callable[[asyncpg.Connection], Any]) -> Any:
-    async def go() -> Any:
-        connection = await asyncpg.connect(dsn, timeout=10)
-        try:
-            return await work(connection)
-        finally:
-            await connection.close()
-
-    return asyncio.run(go())
-
-
-def flush_redis(url: str) -> str:
-    import redis  # the service's own dependency
-
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        client.flushdb()
-        version: str = client.info("server").get("redis_version", "?")
-        return version
-    finally:
-        client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+# --- HTTP, the servers -------------------------------------------------------------------------
 
 
 def fetch(
@@ -272,44 +239,13 @@ class Server:
         self.name = name
         self.log_path = log_path
         self.port = int(command[command.index("--port") + 1])
-        self.log_file = log_path.open("ab")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log_file,
-            stderr=self.log_file,
-            start_new_session=True,
-        )
+        self.process = start_in_session(command, env, log_path)
 
     @property
     def worker_pid(self) -> int:
         """The process that serves: uvicorn itself, or its only child if it forked one."""
-        pid = self.process.pid
-        with suppress(OSError):
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            if len(children) == 1:
-                return int(children[0])
-        return pid
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the worker so far (NaN when it cannot be read)."""
-        with suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{self.worker_pid}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()  # after `(comm)`: state is field 3
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return float("nan")
-
-    def memory_mb(self) -> dict[str, float]:
-        """VmHWM (peak resident set) and VmRSS (now) of the worker, in MiB."""
-        found = {}
-        with suppress(OSError):
-            for line in Path(f"/proc/{self.worker_pid}/status").read_text().splitlines():
-                name, _, value = line.partition(":")
-                if name in ("VmHWM", "VmRSS"):
-                    found[name] = int(value.split()[0]) / 1024
-        return found
+        children = child_pids(self.process.pid)
+        return children[0] if len(children) == 1 else self.process.pid
 
     def wait_ready(self, path: str) -> None:
         deadline = time.monotonic() + SERVICE_START_TIMEOUT
@@ -323,9 +259,7 @@ class Server:
         raise BenchError(f"{self.name} not ready after {SERVICE_START_TIMEOUT:g}s:\n{self.tail()}")
 
     def tail(self, lines: int = 30) -> str:
-        with suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return log_tail(self.log_path, lines)
 
     def log_levels(self) -> Counter[str]:
         """Log records per level since the last call; the log is emptied (bounded disk use)."""
@@ -340,16 +274,7 @@ class Server:
         return counts
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-        self.log_file.close()
+        stop_process_group(self.process, grace=15, kill_wait=5)
 
 
 # --- workloads ---------------------------------------------------------------------------------
@@ -400,7 +325,7 @@ class Workload:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.wrk = ensure_wrk()
+        self.wrk = ""  # its path, found (or installed) when the run starts
         self.dsn = f"{args.pg.rstrip('/')}/{args.db}"
         self.admin_dsn = f"{args.pg.rstrip('/')}/postgres"
         self.secret = secrets.token_urlsafe(36)  # 48 characters
@@ -421,39 +346,23 @@ class Bench:
     # -- environment ---------------------------------------------------------------------------
 
     def service_env(self, cache_ttl: int) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
-        env.update(
-            DATABASE_URL=self.dsn,
-            REDIS_URL=self.args.redis,
-            ENVIRONMENT="production",
-            SECRET_KEY=self.secret,
-            RATE_LIMIT_ENABLED="true",
-            RATE_LIMIT_READ=RATE_LIMIT,
-            RATE_LIMIT_WRITE=RATE_LIMIT,
-            RATE_LIMIT_LOGIN="10/minute",
-            LOG_FORMAT="json",
-            LOG_LEVEL="INFO",
-            CACHE_TTL_SECONDS=str(cache_ttl),
-            ACCESS_TOKEN_EXPIRE_MINUTES="240",
-            # The ceiling's asyncpg pool keeps up to 20 connections open; so does the service.
-            # (With 10 + 10 overflow, SQLAlchemy closes an overflow connection on its return,
-            # so 64 concurrent clients make it reconnect all the time.)
-            DB_POOL_SIZE="20",
-            DB_MAX_OVERFLOW="0",
-            SMTP_HOST="",
-            NOTIFY_EMAIL="",
-            CORS_ORIGINS="",
+        env = production_env(
+            dsn=self.dsn,
+            redis_url=self.args.redis,
+            secret=self.secret,
+            rate_limit=RATE_LIMIT,
+            login_limit="10/minute",
+            cache_ttl=cache_ttl,
         )
+        # The ceiling's asyncpg pool keeps up to 20 connections open; so does the service.
+        # (With 10 + 10 overflow, SQLAlchemy closes an overflow connection on its return,
+        # so 64 concurrent clients make it reconnect all the time.)
+        env.update(DB_POOL_SIZE="20", DB_MAX_OVERFLOW="0")
         return env
 
     def manage(self, *arguments: str, timeout: float) -> None:
-        command = [sys.executable, "manage.py", *arguments]
-        log(f"$ DATABASE_URL={self.dsn} python {' '.join(command[1:])}")
-        result = subprocess.run(
-            command, cwd=ROOT, env=self.service_env(300), timeout=timeout, check=False
-        )
-        if result.returncode != 0:
-            raise BenchError(f"manage.py {arguments[0]} failed (exit {result.returncode})")
+        log(f"$ DATABASE_URL={self.dsn} python manage.py {' '.join(arguments)}")
+        manage(arguments, self.service_env(300), timeout)
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -478,12 +387,8 @@ class Bench:
                 return
             log(f"{args.db} holds {users} users and {posts} posts: seeding it afresh")
 
-        async def recreate(connection: asyncpg.Connection) -> None:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)')
-            await connection.execute(f'CREATE DATABASE "{args.db}"')
-
         log(f"(re)creating database {args.db}")
-        run_sql(self.admin_dsn, recreate)
+        run_sql(self.admin_dsn, lambda connection: recreate_database(connection, args.db))
         self.manage("migrate", timeout=300)
         self.manage(
             "seed-demo",
@@ -574,9 +479,7 @@ class Bench:
             *("--host", HOST, "--port", str(self.ports["ceiling"]), "--workers", "1"),
             *("--no-access-log", "--log-level", "warning"),
         ]
-        log_path = RESULTS / "ceiling.log"
-        log_path.write_bytes(b"")
-        self.ceiling = Server("ceiling", command, env, log_path)
+        self.ceiling = Server("ceiling", command, env, RESULTS / "ceiling.log")
         self.servers.append(self.ceiling)
         self.ceiling.wait_ready("/posts?limit=1")
         log(f"ceiling: pid {self.ceiling.process.pid}, http://{HOST}:{self.ceiling.port}")
@@ -590,9 +493,7 @@ class Bench:
             *("-m", "uvicorn", "main:app", "--host", HOST, "--port", str(self.ports["service"])),
             *("--workers", "1", "--no-access-log"),
         ]
-        log_path = RESULTS / "service.log"
-        log_path.write_bytes(b"")
-        service = Server("service", command, self.service_env(cache_ttl), log_path)
+        service = Server("service", command, self.service_env(cache_ttl), RESULTS / "service.log")
         self.servers.append(service)
         self.service = service
         service.wait_ready("/health/ready")
@@ -707,11 +608,11 @@ class Bench:
         extra = workload.script_args(tag)
         if extra:
             command += ["--", *extra]
-        cpu_before = server.cpu_seconds()
+        cpu_before = cpu_seconds(server.worker_pid)
         result = subprocess.run(
             command, capture_output=True, text=True, timeout=seconds + 120, check=False
         )
-        cpu = server.cpu_seconds() - cpu_before
+        cpu = cpu_seconds(server.worker_pid) - cpu_before
         if result.returncode != 0:
             raise BenchError(f"wrk failed ({result.returncode}): {result.stderr or result.stdout}")
         parsed = parse_wrk(result.stdout)
@@ -832,6 +733,7 @@ class Bench:
 
     def run(self) -> int:
         args = self.args
+        self.wrk = ensure_wrk()
         started = datetime.now(UTC)
         self.load_start = os.getloadavg()
         self.prepare_database()
@@ -884,7 +786,7 @@ class Bench:
 
     def record_rss(self, phase: str) -> None:
         assert self.service is not None
-        memory = self.service.memory_mb()
+        memory = proc_status(self.service.worker_pid)
         if "VmHWM" in memory:
             self.peak_rss[phase] = memory["VmHWM"]
             self.rss_notes[phase] = f"now {memory.get('VmRSS', float('nan')):.1f} MB"
@@ -967,11 +869,10 @@ class Bench:
         lines = [
             f"# Benchmark: the service against its ceiling ({started:%Y-%m-%d %H:%M} UTC)",
             "",
-            f"- machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}"
-            f", PostgreSQL {facts.get('pg_version')}, Redis {facts.get('redis_version')}, "
-            f"{wrk_version(self.wrk)}; git {git_revision()}",
-            f"- load average (1 min) at start {self.load_start[0]:.2f}, at end "
-            f"{self.load_end[0]:.2f}{busy_warning(self.load_start[0], self.load_end[0])}",
+            machine_line(
+                facts.get("pg_version"), facts.get("redis_version"), wrk_version(self.wrk)
+            ),
+            load_line(self.load_start[0], self.load_end[0]),
             f"- data: `{args.db}`, {facts['posts']:,} posts ({facts['published']:,} published), "
             f"{facts['users']:,} users (`manage.py seed-demo`)",
             f"- wrk: {args.connections} connections, {args.threads} threads, {args.duration} s per "
@@ -1121,30 +1022,10 @@ def shorten_frame(frame: str) -> str:
     return f"{name} ({file}:{line})"
 
 
-def cpu_model() -> str:
-    with suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def wrk_version(wrk: str) -> str:
     result = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10, check=False)
     first = (result.stdout or result.stderr).splitlines()
     return first[0].split(" Copyright")[0] if first else "wrk"
-
-
-def git_revision() -> str:
-    result = subprocess.run(
-        ["git", "describe", "--always", "--dirty"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    return result.stdout.strip() or "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1154,19 +1035,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
-    bench = None
-    try:
-        bench = Bench(args)
-        return bench.run()
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if bench is not None:
-            bench.close()
+    bench = Bench(args)
+    return run_script(bench.run, bench.close)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,11 @@ import fcntl
 import json
 import math
 import os
-import platform
 import random
 import re
 import resource
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,13 +48,34 @@ from typing import Any
 
 import asyncpg
 import httpx
-from run import busy_warning, cpu_model, flush_redis, free_port, git_revision, run_sql
+from common import (
+    HOST,
+    RESULTS,
+    ROOT,
+    BenchError,
+    argument_parser,
+    child_pids,
+    cpu_seconds,
+    drop_database,
+    flush_redis,
+    free_port,
+    load_line,
+    log,
+    log_tail,
+    log_text,
+    machine_line,
+    manage,
+    proc_status,
+    production_env,
+    recreate_database,
+    run_script,
+    run_sql,
+    start_in_session,
+    stop_process_group,
+)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-HOST = "127.0.0.1"
 PASSWORD = "soak-password"
 # Far above what two workers serve, so they never trigger, but every request is counted; a
 # per-second window keeps Redis's moving windows small (a sorted set of the last window's requests).
@@ -79,19 +98,8 @@ OK = frozenset({200})
 MAYBE_GONE = frozenset({200, 404})  # a post another request may have deleted
 
 
-class SoakError(Exception):
-    """A failure that ends the run before the report: one line, exit code 1."""
-
-
-def log(message: str = "") -> None:
-    """A progress line, flushed at once (the output may be a pipe)."""
-    print(message, flush=True)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="bench/soak.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = argument_parser("bench/soak.py", __doc__)
     parser.add_argument("--duration", type=int, default=300, help="seconds of traffic in all")
     parser.add_argument(
         "--warmup",
@@ -125,25 +133,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # --- the service ---------------------------------------------------------------------------------
 
 
-def proc_status(pid: int) -> dict[str, float]:
-    """VmRSS, VmHWM, RssAnon and RssFile of a process, in MiB (empty once it is gone)."""
-    found = {}
-    with suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                found[name] = int(value.split()[0]) / 1024
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (NaN once it is gone)."""
-    with suppress(OSError, ValueError, IndexError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return float("nan")
-
-
 class Service:
     """`uvicorn main:app --workers N` in a session of its own, stopped by its process group."""
 
@@ -158,26 +147,15 @@ class Service:
             *("-m", "uvicorn", "main:app", "--host", HOST, "--port", str(self.port)),
             *("--workers", str(args.workers), "--ws-max-size", "65536", "--no-access-log"),
         ]
-        with log_path.open("wb") as output:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                start_new_session=True,
-            )
+        self.process = start_in_session(self.command, env, log_path)
 
     def worker_pids(self) -> set[int]:
         """The worker processes: the supervisor's spawned children, not its resource tracker."""
-        pid = self.process.pid
         pids = set()
-        with suppress(OSError):
-            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-                with suppress(OSError):
-                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                        pids.add(int(child))
+        for child in child_pids(self.process.pid):
+            with suppress(OSError):
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    pids.add(child)
         return pids
 
     def wait_ready(self) -> set[int]:
@@ -186,34 +164,21 @@ class Service:
         with httpx.Client(base_url=self.url, timeout=5, trust_env=False) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise SoakError(f"uvicorn exited ({self.process.returncode}):\n{self.tail()}")
-                started = self.log_text().count("Application startup complete")
+                    raise BenchError(f"uvicorn exited ({self.process.returncode}):\n{self.tail()}")
+                started = log_text(self.log_path).count("Application startup complete")
                 if started >= self.workers and len(self.worker_pids()) == self.workers:
                     with suppress(httpx.HTTPError):
                         if client.get("/health/ready").status_code == 200:
                             return self.worker_pids()
                 time.sleep(0.2)
-        raise SoakError(f"the service did not start in {STARTUP_TIMEOUT:g} s:\n{self.tail()}")
-
-    def log_text(self) -> str:
-        with suppress(OSError):
-            return self.log_path.read_text(errors="replace")
-        return ""
+        raise BenchError(f"the service did not start in {STARTUP_TIMEOUT:g} s:\n{self.tail()}")
 
     def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
         """SIGTERM the group (graceful shutdown of every worker); SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process, grace=20, kill_wait=10)
 
 
 # --- what the traffic records --------------------------------------------------------------------
@@ -530,16 +495,8 @@ class VirtualUser:
         headers = {}
         if self.rng.random() < 0.2:
             headers["Idempotency-Key"] = secrets.token_hex(8)
-        response = await self.call(
-            "POST /posts",
-            "POST",
-            "/posts",
-            frozenset({201}),
-            signed_in=True,
-            json=body,
-            headers=headers,
-        )
-        if response is None or response.status_code != 201:
+        response = await self.send_post("POST /posts", body, headers)
+        if response is None:
             return
         post = response.json()
         self.own_posts.append(post["id"])
@@ -550,19 +507,26 @@ class VirtualUser:
         while len(self.own_posts) > OWN_POSTS_KEPT:
             await self.delete_post()
 
-    async def replay(self, body: dict[str, Any], headers: dict[str, str], first: Any) -> None:
-        """The same POST with the same Idempotency-Key: the first answer again, no second post."""
+    async def send_post(
+        self, name: str, body: dict[str, Any], headers: dict[str, str], *, fresh: bool = False
+    ) -> httpx.Response | None:
+        """POST /posts signed in as call `name`; the answer if it is 201 Created, else None."""
         response = await self.call(
-            "POST /posts (replay)",
+            name,
             "POST",
             "/posts",
             frozenset({201}),
             signed_in=True,
+            fresh=fresh,
             json=body,
             headers=headers,
-            fresh=True,
         )
-        if response is None or response.status_code != 201:
+        return response if response is not None and response.status_code == 201 else None
+
+    async def replay(self, body: dict[str, Any], headers: dict[str, str], first: Any) -> None:
+        """The same POST with the same Idempotency-Key: the first answer again, no second post."""
+        response = await self.send_post("POST /posts (replay)", body, headers, fresh=True)
+        if response is None:
             return
         recorder = self.world.recorder
         recorder.replays += 1
@@ -813,23 +777,13 @@ class Soak:
         self.interrupted = False
 
     def env(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-        env.update(
-            DATABASE_URL=self.dsn,
-            REDIS_URL=self.args.redis,
-            ENVIRONMENT="production",
-            SECRET_KEY=self.secret,
-            RATE_LIMIT_ENABLED="true",
-            RATE_LIMIT_READ=RATE_LIMIT,
-            RATE_LIMIT_WRITE=RATE_LIMIT,
-            RATE_LIMIT_LOGIN="100/minute",
-            LOG_FORMAT="json",
-            LOG_LEVEL="INFO",
-            CACHE_TTL_SECONDS="300",
-            ACCESS_TOKEN_EXPIRE_MINUTES="240",
-            SMTP_HOST="",
-            NOTIFY_EMAIL="",
-            CORS_ORIGINS="",
+        env = production_env(
+            dsn=self.dsn,
+            redis_url=self.args.redis,
+            secret=self.secret,
+            rate_limit=RATE_LIMIT,
+            login_limit="100/minute",
+            cache_ttl=300,
         )
         # Defaults for these: a 10 + 10 pool per worker, a fresh metrics directory per run.
         for name in ("DB_POOL_SIZE", "DB_MAX_OVERFLOW", "PROMETHEUS_MULTIPROC_DIR"):
@@ -840,15 +794,7 @@ class Soak:
 
     def manage(self, *arguments: str) -> None:
         log(f"$ python manage.py {' '.join(arguments)}")
-        result = subprocess.run(
-            [sys.executable, "manage.py", *arguments],
-            cwd=ROOT,
-            env=self.env(),
-            timeout=600,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise SoakError(f"manage.py {arguments[0]} failed (exit {result.returncode})")
+        manage(arguments, self.env(), timeout=600)
 
     # -- set-up and clean-up -----------------------------------------------------------------------
 
@@ -856,8 +802,7 @@ class Soak:
         args = self.args
 
         async def recreate(connection: asyncpg.Connection) -> str:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)')
-            await connection.execute(f'CREATE DATABASE "{args.db}"')
+            await recreate_database(connection, args.db)
             version: str = await connection.fetchval("SHOW server_version")
             return version
 
@@ -865,7 +810,7 @@ class Soak:
         try:
             self.facts["pg_version"] = run_sql(self.admin_dsn, recreate)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise SoakError(f"cannot reach PostgreSQL at {self.admin_dsn}: {exc}") from None
+            raise BenchError(f"cannot reach PostgreSQL at {self.admin_dsn}: {exc}") from None
         self.database_created = True
         self.manage("migrate")
         self.manage(
@@ -883,11 +828,11 @@ class Soak:
 
         self.usernames, self.seeded_ids = run_sql(self.dsn, facts)
         if not self.usernames or not self.seeded_ids:
-            raise SoakError("seed-demo left no demo users or no published posts")
+            raise BenchError("seed-demo left no demo users or no published posts")
         try:
             self.facts["redis_version"] = flush_redis(args.redis)
         except Exception as exc:
-            raise SoakError(f"cannot reach Redis at {args.redis}: {exc}") from None
+            raise BenchError(f"cannot reach Redis at {args.redis}: {exc}") from None
 
     def clean_up(self) -> None:
         """Stop the service, drop the scratch database, empty the Redis database."""
@@ -895,12 +840,8 @@ class Soak:
             self.service.stop()
             self.service = None
         if self.database_created:
-
-            async def drop(connection: asyncpg.Connection) -> None:
-                await connection.execute(f'DROP DATABASE IF EXISTS "{self.args.db}" WITH (FORCE)')
-
             with suppress(Exception):
-                run_sql(self.admin_dsn, drop)
+                run_sql(self.admin_dsn, lambda connection: drop_database(connection, self.args.db))
                 self.database_created = False
         with suppress(Exception):
             flush_redis(self.args.redis)
@@ -918,7 +859,7 @@ class Soak:
                     "/auth/login", data={"username": username, "password": PASSWORD}
                 )
                 if answer.status_code != 200:
-                    raise SoakError(f"login as {username}: {answer.status_code} {answer.text}")
+                    raise BenchError(f"login as {username}: {answer.status_code} {answer.text}")
                 return Account(username, answer.json()["access_token"])
 
             accounts = [await login(name) for name in self.usernames[: self.args.accounts]]
@@ -931,7 +872,7 @@ class Soak:
                     headers={"Authorization": f"Bearer {accounts[0].token}"},
                 )
                 if answer.status_code != 201:
-                    raise SoakError(f"creating a hot post: {answer.status_code} {answer.text}")
+                    raise BenchError(f"creating a hot post: {answer.status_code} {answer.text}")
                 hot_ids.append(answer.json()["id"])
                 hot_titles.append(title)
         return World(
@@ -1174,16 +1115,12 @@ class Soak:
         if total == 0:
             failures.append("no request was answered")
 
-        cpus = os.cpu_count() or 1
         lines = [
             f"# Soak: {args.workers} workers on PostgreSQL + Redis ({self.started:%Y-%m-%d %H:%M}"
             " UTC)",
             "",
-            f"- machine: {cpus} CPUs ({cpu_model()}), Python {platform.python_version()}, "
-            f"PostgreSQL {self.facts.get('pg_version')}, Redis {self.facts.get('redis_version')}; "
-            f"git {git_revision()}",
-            f"- load average (1 min) at start {self.load_start[0]:.2f}, at end "
-            f"{self.load_end[0]:.2f}{busy_warning(self.load_start[0], self.load_end[0])}",
+            machine_line(self.facts.get("pg_version"), self.facts.get("redis_version")),
+            load_line(self.load_start[0], self.load_end[0]),
             f"- data: scratch database `{args.db}` (dropped after), `seed-demo` with "
             f"{args.accounts} users and {args.posts} posts ({len(self.seeded_ids)} published), "
             f"{HOT_POSTS} hot posts for the sockets; Redis `{args.redis}` (flushed)",
@@ -1280,21 +1217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"error: another soak is using {args.db} ({lock_path} is locked)", file=sys.stderr
             )
             return 1
-        return run_soak(args)
-
-
-def run_soak(args: argparse.Namespace) -> int:
-    soak = Soak(args)
-    try:
-        return soak.run()
-    except SoakError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        soak.clean_up()
+        soak = Soak(args)
+        return run_script(soak.run, soak.clean_up)
 
 
 if __name__ == "__main__":
