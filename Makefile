@@ -69,10 +69,12 @@ docs-assets:  ## re-fetch the vendored docs assets from the npm registry (needs 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Performance: the service against a framework-free ceiling app, side by side (bench/run.py).
-# Needs the local PostgreSQL and Redis and wrk (installed with apt-get when missing and root).
-.PHONY: bench bench-quick soak
+# Performance: the service beside a bare FastAPI floor and a Starlette ceiling (bench/run.py);
+# the targets are ratios to the floor. Needs the local PostgreSQL and Redis, wrk and hey
+# (Debian packages, installed with apt-get when missing and root).
+.PHONY: bench bench-quick profile soak
 BENCH_ARGS ?=
+PROFILE_ARGS ?=
 SOAK_ARGS ?=
 
 bench: install  ## ~10 s per run; (re)seeds the blog_bench database when needed; BENCH_ARGS=--reseed
@@ -80,6 +82,11 @@ bench: install  ## ~10 s per run; (re)seeds the blog_bench database when needed;
 
 bench-quick: install  ## the regression check: the same workloads at ~3 s per run
 	$(BIN)/python bench/run.py --duration 3 $(BENCH_ARGS)
+
+# Where the CPU of one request goes, layer by layer (bench/layers.py): in-process, each layer
+# switched off in turn, then a cProfile split by module. Same database and Redis db as bench.
+profile: install  ## ~5 minutes; PROFILE_ARGS="--only by_id_off --rounds 1" for a quick look
+	$(BIN)/python bench/layers.py $(PROFILE_ARGS)
 
 # Soak: 5 minutes of mixed HTTP + WebSocket traffic against two workers on a scratch PostgreSQL
 # database and Redis db 6 (bench/soak.py); dev: the load generator uses httpx.
