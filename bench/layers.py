@@ -317,17 +317,15 @@ class Layers:
         args = self.args
         variants = self.variants()
         for workload in args.workloads:
-            log(f"\n## {WORKLOADS[workload]}")
+            log(f"\n## {WORKLOADS[workload]}; variants in the order of the report's table")
             figures = self.figures.setdefault(workload, {v.label: [] for v in variants})
             for round_number in range(1, args.rounds + 1):
                 for variant in variants:
                     if workload == "by_id_on" and not variant.label.startswith(("service", "-")):
                         continue  # no cache in the floor and the ceiling: by_id_off's figures
                     figures[variant.label].append(await self.measure_once(variant, workload))
-                log(
-                    f"  round {round_number}: "
-                    + ", ".join(f"{v[0:24]} {f[-1]:.0f}" for v, f in figures.items() if f)
-                )
+                values = [f"{f[-1]:.0f}" for f in figures.values() if len(f) == round_number]
+                log(f"  round {round_number}, µs/request: {' '.join(values)}")
             if workload == "create":
                 await asyncio.to_thread(self.bench.delete_bench_posts)
 
