@@ -407,6 +407,7 @@ class Bench:
         self.checks: list[str] = []
         only = {key.strip() for key in args.only.split(",") if key.strip()}
         self.only = only
+        self.workloads: list[Workload] = []
 
     # -- environment ---------------------------------------------------------------------------
 
@@ -854,13 +855,13 @@ class Bench:
     def run(self) -> int:
         args = self.args
         self.wrk = ensure_tool("wrk")
-        if self.wanted("open_loop"):
-            self.hey = ensure_tool("hey")
         started = datetime.now(UTC)
         self.load_start = os.getloadavg()
         self.prepare_database()
         self.gather_facts()
         self.define_workloads()
+        if self.wanted("open_loop"):
+            self.hey = ensure_tool("hey")
         by_key = {w.key: w for w in self.workloads}
         for name in ("floor", "ceiling"):
             self.start_reference(name)
