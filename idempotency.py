@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from errors import AppError
 from models import IdempotencyRecord, User, utcnow
+from schemas import header_schema
 
 RETENTION = timedelta(hours=24)
 
@@ -45,6 +46,7 @@ IdempotencyKey = Annotated[
         max_length=255,
         description="Retry-safe creates: the same key and body replay the first answer for 24 h.",
     ),
+    header_schema(minLength=1, maxLength=255),
 ]
 
 

@@ -43,6 +43,12 @@ Skip = Annotated[int | None, Query(ge=0, le=MAX_SKIP, description="Offset; not w
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
+def header_schema(**constraints: Any) -> WithJsonSchema:
+    """An optional header's schema: a string that may be left out, never null (a generated
+    client would pass None on to its HTTP library, which cannot send it)."""
+    return WithJsonSchema({"type": "string", **constraints})
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be blank")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 
 import observability
 
@@ -13,8 +13,15 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/metrics",
     operation_id="metrics",
-    response_class=PlainTextResponse,
-    responses={200: {"description": "Prometheus text exposition format 0.0.4."}},
+    # A media-type-less class: FastAPI would otherwise declare the error answers (JSON) as
+    # text/plain too, and generated clients would parse them as text.
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format 0.0.4.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
 )
 def metrics() -> Response:
     """Request counts and latency histograms by route template and status, cache hits and

@@ -29,6 +29,7 @@ from schemas import (
     PostSort,
     PostUpdate,
     Skip,
+    header_schema,
 )
 
 router = APIRouter(prefix="/posts", tags=["posts"])
@@ -87,6 +88,12 @@ def _utc_bound(value: datetime | None, name: str) -> datetime | None:
 IfMatch = Annotated[
     str | None,
     Header(description="An ETag from GET /posts/{id}; the write happens only if it still matches."),
+    header_schema(),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(description="ETags the caller holds; 304 when one still matches (compared weakly)."),
+    header_schema(),
 ]
 
 
@@ -160,7 +167,7 @@ async def get_post(
     post_id: ObjectId,
     viewer: OptionalUser,
     reader: PostReaderDep,
-    if_none_match: Annotated[str | None, Header()] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Read one post (cached; `X-Cache: HIT|MISS`); drafts only for their owner and admins."""
     entry, hit = await reader.read(post_id, viewer)
