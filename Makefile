@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APP_MODULES := main.py offline_docs.py security_headers.py config.py database.py models.py schemas.py crud.py security.py errors.py \
+APP_MODULES := main.py offline_docs.py openapi_document.py security_headers.py config.py database.py models.py schemas.py crud.py security.py errors.py \
 	middleware.py deps.py pagination.py logging_setup.py manage.py ratelimit.py observability.py routes
 
 .PHONY: run test lint format migrate install dev clean docs-assets

@@ -244,17 +244,20 @@ ERROR_DESCRIPTIONS = {
     413: "PAYLOAD_TOO_LARGE: the body is over 1 MiB",
     422: "VALIDATION_ERROR (detail is a list of {loc, msg, type}), or another 422 code",
     429: "RATE_LIMITED: see Retry-After and the X-RateLimit-* headers",
+    500: "INTERNAL_ERROR: a bug; `request_id` names the log line",
+    503: "SERVICE_UNAVAILABLE: the database cannot be reached; retry after Retry-After seconds",
 }
 
 
 def error_responses(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for error answers, all in the envelope; `descriptions` by `_409=...`."""
+    from openapi_document import ERROR_HEADERS
     from schemas import ErrorResponse
 
-    return {
-        code: {
-            "model": ErrorResponse,
-            "description": descriptions.get(f"_{code}", ERROR_DESCRIPTIONS[code]),
-        }
-        for code in codes
-    }
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        description = descriptions.get(f"_{code}", ERROR_DESCRIPTIONS[code])
+        responses[code] = {"model": ErrorResponse, "description": description}
+        if code in ERROR_HEADERS:
+            responses[code]["headers"] = ERROR_HEADERS[code]
+    return responses

@@ -22,6 +22,7 @@ from middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from notifications import Notifier
 from observability import ObservabilityMiddleware, record_redis_fallback
 from offline_docs import install_docs
+from openapi_document import BlogAPI
 from ratelimit import RateLimitMiddleware
 from realtime import create_hub
 from redis_backend import RedisBackend
@@ -107,10 +108,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for the given (or the environment's) settings."""
     settings = settings or get_settings()
-    app = FastAPI(
+    app = BlogAPI(
         title="Blog API",
         version="1.0.0",
         description=DESCRIPTION,
+        license_info={"name": "MIT", "identifier": "MIT"},  # LICENSE
+        servers=[{"url": "/", "description": "This service"}],
         lifespan=lifespan,
         docs_url=None,  # served from local assets by install_docs below
         redoc_url=None,
@@ -125,9 +128,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # operational ones and the docs check it without the database.
     check_token_offline = [Depends(reject_unsound_token)]
     for router in (health.router, metrics_routes.router):
-        app.include_router(router, dependencies=check_token_offline, responses=error_responses(401))
+        app.include_router(
+            router, dependencies=check_token_offline, responses=error_responses(401, 500)
+        )
     check_token = [Depends(get_optional_user)]
-    common = error_responses(400, 401, 422, 429)
+    common = error_responses(400, 401, 422, 429, 500, 503)
     for router in (auth.router, posts.router, comments.router):
         app.include_router(router, dependencies=check_token, responses=common)
     app.include_router(realtime_routes.router)

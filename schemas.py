@@ -15,10 +15,13 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    GetJsonSchemaHandler,
     StringConstraints,
     WithJsonSchema,
     field_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 MAX_SKIP = 1_000_000
@@ -98,12 +101,36 @@ CommentText = Annotated[
 ]
 
 
+def _fields_not_nullable(schema: dict[str, Any]) -> None:
+    """Document fields that may be left out but are never null (absent rather than null)."""
+    for field in schema.get("properties", {}).values():
+        options = [o for o in field.pop("anyOf", []) if o.get("type") != "null"]
+        if len(options) == 1:
+            field.update(options[0])
+        elif options:
+            field["anyOf"] = options
+
+
+class ValidationErrorItem(BaseModel):
+    """One finding of a 422 VALIDATION_ERROR: where, what, and its kind."""
+
+    loc: list[str | int] = Field(examples=[["body", "title"]])
+    msg: str = Field(examples=["String should have at least 1 character"])
+    type: str = Field(examples=["string_too_short"])
+
+
 class ErrorResponse(BaseModel):
     """The envelope of every error answer."""
 
-    detail: str | list[dict[str, Any]]
+    model_config = ConfigDict(json_schema_extra=_fields_not_nullable)
+
+    detail: str | list[ValidationErrorItem] = Field(
+        description="A message, or for VALIDATION_ERROR the list of findings."
+    )
     error_code: str = Field(examples=["POST_NOT_FOUND"])
-    request_id: str | None = Field(default=None, description="Only on 500 answers.")
+    request_id: str | None = Field(
+        default=None, description="Only on 500 answers: the X-Request-ID to quote."
+    )
 
 
 # --- users -----------------------------------------------------------------------------------
@@ -130,7 +157,23 @@ class UserRead(BaseModel):
     created_at: AwareDatetime
 
 
+class LoginForm(BaseModel):
+    """The OAuth2 password grant's form (RFC 6749, 4.3.2), as Swagger UI's Authorize sends it."""
+
+    model_config = ConfigDict(json_schema_extra=_fields_not_nullable)
+
+    grant_type: str | None = Field(default=None, pattern="^password$")
+    username: str = Field(examples=["alice"])
+    password: str = Field(json_schema_extra={"format": "password"})
+    scope: str = ""
+    client_id: str | None = None
+    client_secret: str | None = Field(default=None, json_schema_extra={"format": "password"})
+
+
 class Token(BaseModel):
+    # Fields with a default are still always sent: required in the answer's schema.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int = Field(description="Seconds until the token expires.")
@@ -143,16 +186,6 @@ class PostCreate(BaseModel):
     title: Title = Field(examples=["Hello, world"])
     content: Content = Field(examples=["My first post."])
     published: bool = True
-
-
-def _fields_not_nullable(schema: dict[str, Any]) -> None:
-    """Document fields that may be left out but not sent as null (the validator refuses null)."""
-    for field in schema.get("properties", {}).values():
-        options = [o for o in field.pop("anyOf", []) if o.get("type") != "null"]
-        if len(options) == 1:
-            field.update(options[0])
-        elif options:
-            field["anyOf"] = options
 
 
 class PostUpdate(BaseModel):
@@ -193,6 +226,15 @@ class PostSort(StrEnum):
     TITLE_ASC = "title"
     TITLE_DESC = "-title"
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # Generated clients name the members after the values, which is unreadable for "-title".
+        schema = handler(core_schema)
+        schema["x-enum-varnames"] = [member.name for member in cls]
+        return schema
+
 
 class PostFilters(BaseModel):
     """The list filters, validated; the next-page link repeats them."""
@@ -206,11 +248,15 @@ class PostFilters(BaseModel):
 
 
 class Status(BaseModel):
-    status: str = "ok"
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    status: Literal["ok"] = "ok"
 
 
 class Readiness(BaseModel):
     """Readiness of the service's dependencies; `detail`/`error_code` only when unavailable."""
+
+    model_config = ConfigDict(json_schema_extra=_fields_not_nullable)
 
     status: Literal["ok", "unavailable"]
     database: Literal["ok", "error"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Form, status
 
 import crud
 from deps import CurrentUser, SessionDep, SettingsDep
 from errors import error_responses
-from schemas import Token, UserCreate, UserRead
+from openapi_document import SIGN_IN
+from schemas import LoginForm, Token, UserCreate, UserRead
 from security import create_access_token
 
 router = APIRouter(tags=["auth"])
@@ -21,6 +21,7 @@ router = APIRouter(tags=["auth"])
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
     operation_id="register",
+    openapi_extra=SIGN_IN,
     responses=error_responses(409, 413, _409="USERNAME_TAKEN or EMAIL_TAKEN"),
 )
 async def register(data: UserCreate, session: SessionDep) -> object:
@@ -32,10 +33,11 @@ async def register(data: UserCreate, session: SessionDep) -> object:
     "/auth/login",
     response_model=Token,
     operation_id="login",
+    openapi_extra=SIGN_IN,
     responses=error_responses(401, 413, _401="INVALID_CREDENTIALS (or a bad bearer token)"),
 )
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Form()],
     session: SessionDep,
     settings: SettingsDep,
 ) -> Token:

@@ -12,6 +12,7 @@ from deps import CurrentUser, OptionalUser, SessionDep
 from effects import EffectsDep
 from errors import InvalidQuery, error_responses
 from idempotency import IdempotencyKey, answer_response
+from openapi_document import IDEMPOTENT_REPLAYED, LINK
 from pagination import next_link
 from schemas import CommentCreate, CommentRead, Limit, ObjectId, Skip
 
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/posts/{post_id}/comments", tags=["comments"])
     "",
     response_model=list[CommentRead],
     operation_id="list_comments",
-    responses=error_responses(404, _404="POST_NOT_FOUND"),
+    responses={200: {"headers": {"Link": LINK}}, **error_responses(404, _404="POST_NOT_FOUND")},
 )
 async def list_comments(
     post_id: ObjectId,
@@ -53,9 +54,12 @@ async def list_comments(
     status_code=status.HTTP_201_CREATED,
     response_model=CommentRead,
     operation_id="create_comment",
-    responses=error_responses(
-        404, 409, 413, _404="POST_NOT_FOUND", _409="IDEMPOTENCY_KEY_IN_USE while a retry runs"
-    ),
+    responses={
+        201: {"headers": {"Idempotent-Replayed": IDEMPOTENT_REPLAYED}},
+        **error_responses(
+            404, 409, 413, _404="POST_NOT_FOUND", _409="IDEMPOTENCY_KEY_IN_USE while a retry runs"
+        ),
+    },
 )
 async def create_comment(
     post_id: ObjectId,

@@ -17,6 +17,14 @@ from effects import EffectsDep, PostReaderDep
 from errors import InvalidQuery, NotAuthenticated, PreconditionFailed, error_responses
 from idempotency import IdempotencyKey, answer_response
 from models import Post, as_utc
+from openapi_document import (
+    ETAG,
+    IDEMPOTENT_REPLAYED,
+    LINK,
+    LOCATION,
+    X_CACHE,
+    X_TOTAL_COUNT,
+)
 from pagination import next_link
 from schemas import (
     MAX_ID,
@@ -97,7 +105,12 @@ IfNoneMatch = Annotated[
 ]
 
 
-@router.get("", response_model=list[PostRead], operation_id="list_posts")
+@router.get(
+    "",
+    response_model=list[PostRead],
+    operation_id="list_posts",
+    responses={200: {"headers": {"Link": LINK, "X-Total-Count": X_TOTAL_COUNT}}},
+)
 async def list_posts(
     database: DatabaseDep,
     viewer: OptionalUser,
@@ -159,7 +172,11 @@ async def list_posts(
     response_model=PostRead,
     operation_id="get_post",
     responses={
-        304: {"description": "If-None-Match matched the current ETag."},
+        200: {"headers": {"ETag": ETAG, "X-Cache": X_CACHE}},
+        304: {
+            "description": "If-None-Match matched the current ETag.",
+            "headers": {"ETag": ETAG, "X-Cache": X_CACHE},
+        },
         **error_responses(404, _404="POST_NOT_FOUND"),
     },
 )
@@ -187,9 +204,7 @@ async def get_post(
     response_model=PostRead,
     operation_id="create_post",
     responses={
-        201: {
-            "headers": {"Location": {"description": "/posts/{id}", "schema": {"type": "string"}}}
-        },
+        201: {"headers": {"Location": LOCATION, "Idempotent-Replayed": IDEMPOTENT_REPLAYED}},
         **error_responses(
             409, 413, _409="POST_TITLE_EXISTS, or IDEMPOTENCY_KEY_IN_USE while a retry runs"
         ),
@@ -239,9 +254,12 @@ async def _update(
     "/{post_id}",
     response_model=PostRead,
     operation_id="replace_post",
-    responses=error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
+    responses={
+        200: {"headers": {"ETag": ETAG}},
+        **error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
+    },
 )
-async def put_post(
+async def replace_post(
     post_id: ObjectId,
     data: PostUpdate,
     response: Response,
@@ -258,9 +276,12 @@ async def put_post(
     "/{post_id}",
     response_model=PostRead,
     operation_id="update_post",
-    responses=error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
+    responses={
+        200: {"headers": {"ETag": ETAG}},
+        **error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
+    },
 )
-async def patch_post(
+async def update_post(
     post_id: ObjectId,
     data: PostUpdate,
     response: Response,
@@ -296,7 +317,7 @@ async def delete_post(
     "/{post_id}/publish",
     response_model=PostRead,
     operation_id="publish_post",
-    responses=error_responses(403, 404, 412),
+    responses={200: {"headers": {"ETag": ETAG}}, **error_responses(403, 404, 412)},
 )
 async def publish_post(
     post_id: ObjectId,
