@@ -3,15 +3,16 @@
     python manage.py migrate
     python manage.py create-user --username alice --email alice@example.com [--admin]
     python manage.py seed-demo --users 1000 --posts 100000 --comments 200000
+    python manage.py --help              (or COMMAND --help)
 
 Settings come from the environment and `.env` (config.py), exactly as for the service. A
 failure the operator can fix (unreachable database, invalid input, taken name) is one
-`error: ...` line on stderr and exit code 1, never a traceback.
+`error: ...` line on stderr and exit code 1, never a traceback; a malformed command line is
+Typer's usage message and exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import getpass
 import itertools
@@ -21,12 +22,15 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from types import TracebackType
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
+import typer
 from pydantic import ValidationError
 from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.engine import Connection, make_url
@@ -41,8 +45,8 @@ from schemas import UserCreate
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-# Alembic, crud (FastAPI) and security (argon2) are imported by the commands that use them:
-# each costs a noticeable part of a second at start-up.
+# Alembic, crud (FastAPI), security (argon2), Faker and rich's progress bars are imported by
+# the commands that use them: each costs a noticeable part of a second at start-up.
 
 ROOT = Path(__file__).resolve().parent
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -154,7 +158,7 @@ def alembic_config(database_url: str) -> AlembicConfig:
     return config
 
 
-def cmd_migrate(_args: argparse.Namespace) -> int:
+def migrate() -> None:
     from alembic.script import ScriptDirectory
 
     from alembic import command
@@ -172,7 +176,6 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
         raise
     head = ScriptDirectory.from_config(config).get_current_head()
     print(f"database {safe_url(settings.database_url)} is at revision {head}")
-    return 0
 
 
 # --- create-user -----------------------------------------------------------------------------
@@ -210,31 +213,29 @@ async def create_user(settings: Settings, data: UserCreate, role: str) -> User:
         await database.dispose()
 
 
-def cmd_create_user(args: argparse.Namespace) -> int:
+def add_user(username: str, email: str, admin: bool, password_stdin: bool) -> None:
     # Check what can be checked before asking for a password.
     try:
-        UserCreate(username=args.username, email=args.email, password="x" * 8)
+        UserCreate(username=username, email=email, password="x" * 8)
     except ValidationError as exc:
         raise CommandError(validation_message(exc)) from None
     settings = load_settings()
     asyncio.run(check_reachable(settings, "users"))
-    password = read_password(args.password_stdin, sys.stdin)
+    password = read_password(password_stdin, sys.stdin)
     try:
-        data = UserCreate(username=args.username, email=args.email, password=password)
+        data = UserCreate(username=username, email=email, password=password)
     except ValidationError as exc:
         raise CommandError(validation_message(exc)) from None
-    role = "admin" if args.admin else "user"
+    role = "admin" if admin else "user"
     user = asyncio.run(create_user(settings, data, role))
     print(f"created {role} {user.username} <{user.email}> (id {user.id})")
-    return 0
 
 
 # --- seed-demo -------------------------------------------------------------------------------
 
-# Post text mixes three vocabularies. Each post picks a few topic words (TECH_WORDS, drawn with
-# weight 1/sqrt(rank), so "python" is a topic of about one post in five and the last words of
-# the list of about one in fifty: a spread of selectivities for `q` benchmarks) and repeats
-# them among common words and stop words (which full-text search ignores).
+# Topic words: each post draws a few (weight 1/sqrt(rank), so "python" is a topic of about one
+# post in five and the last words of the list of about one in fifty: a spread of selectivities
+# for `q` benchmarks) and its text, pooled English from Faker, repeats them.
 _TECH_TEXT = """
 python postgresql database api performance async cache query testing docker security redis
 index server latency deployment fastapi sqlalchemy migration schema monitoring logging
@@ -249,181 +250,171 @@ terminal shell editor pytest asyncio numpy pandas pydantic django flask sqlite k
 git github graphql grpc oauth jwt tls http unicode regex closures recursion observability
 tracing incident postmortem runbook pagination idempotency cursor vacuum analyzer planner
 """
-_COMMON_TEXT = """
-time team code data system service user request example function model error release
-project library framework feature debugging response stream client pattern session engineer
-product build review backend frontend container cluster process event message header payload
-object class method version lock restore volume disk file job batch load handler annotation
-legacy instance machine region zone script keyboard laptop coffee morning weekend conference
-talk slides notebook experiment hypothesis result chart dashboard alert outage pager habit
-career mentor interview hiring onboarding documentation tutorial guide lesson mistake success
-failure story journey today yesterday tomorrow simple complex fast slow reliable fragile
-elegant pragmatic careful quick modern practical hidden surprising common rare small large
-tiny huge first last better worse good bad new old easy hard clear honest boring useful
-week month year day hour minute second step change problem solution idea question answer
-reason way thing part place case point fact number group people customer manager colleague
-work start finish learn teach read write run ship fix break measure compare improve remove
-"""
-_STOP_TEXT = """
-the a an and or but of to in on for with at by from as is are was were be been it this that
-these those we you they our your their i my not no so if then than when while because about
-into over after before just also very more most some any all can will would should could
-may might do does did have has had
-"""
 TECH_WORDS = tuple(_TECH_TEXT.split())
-COMMON_WORDS = tuple(_COMMON_TEXT.split())
-STOP_WORDS = tuple(_STOP_TEXT.split())
 TOPIC_SLOTS = 6  # topic words per post, at most
-TEXT_POOL_SIZE = 5_000  # paragraphs, comments and title stems to draw from
+TOPIC_SHARE = 0.12  # of the words of a sentence
+TEXT_POOL_SIZE = 3_000  # paragraphs and comments to draw from; other pieces in proportion
+SECTIONS_PER_POST = (0, 1, 1, 2, 2)  # `##` sections after the opening paragraph
 
+# Faker's `parse` fills each {{...}} with its own draw from the providers below.
 TITLE_TEMPLATES = (
-    "How to {verb} {noun} with {tech}",
-    "{n} lessons from {gerund} {noun} in {tech}",
-    "The case for {adjective} {noun}",
-    "A {adjective} guide to {tech} {noun}",
-    "{gerund} {noun}: what we learned",
-    "The {adjective} {noun} problem",
-    "Notes on {tech} and {noun}",
-    "{tech} {noun} in practice",
-    "Stop {gerund} your {noun}",
-    "From {noun} to {noun}: a {tech} story",
-    "What I wish I knew about {tech} {noun}",
-    "{n} {adjective} ways to {verb} your {noun}",
+    "How to {{title_verb}} {{title_noun}} with {{title_tech}}",
+    "{{title_count}} lessons from {{title_gerund}} {{title_noun}} in {{title_tech}}",
+    "The case for {{title_adjective}} {{title_noun}}",
+    "A {{title_adjective}} guide to {{title_tech}} {{title_noun}}",
+    "{{title_gerund}} {{title_noun}}: what we learned",
+    "The {{title_adjective}} {{title_noun}} problem",
+    "Notes on {{title_tech}} and {{title_noun}}",
+    "{{title_tech}} {{title_noun}} in practice",
+    "Stop {{title_gerund}} your {{title_noun}}",
+    "From {{title_noun}} to {{title_noun}}: a {{title_tech}} story",
+    "What I wish I knew about {{title_tech}} {{title_noun}}",
+    "{{title_count}} {{title_adjective}} ways to {{title_verb}} your {{title_noun}}",
 )
-TITLE_VERBS = (
-    "debug",
-    "scale",
-    "test",
-    "profile",
-    "cache",
-    "secure",
-    "monitor",
-    "deploy",
-    "refactor",
-    "migrate",
-    "design",
-    "speed up",
-    "document",
-    "simplify",
-)
-_GERUNDS = """testing scaling debugging profiling caching deploying refactoring migrating
-designing monitoring benchmarking shipping rewriting tuning"""
-_TECHS = """Python PostgreSQL FastAPI asyncio Redis Docker SQLAlchemy Pydantic Kubernetes Linux
-Rust Go TypeScript SQLite Kafka nginx pytest Git"""
-_NOUNS = """cache queries database API tests deployments workers queues indexes migrations logs
-metrics services sessions tokens schemas pipelines containers endpoints benchmarks"""
-_ADJECTIVES = """practical simple surprising hidden reliable modern pragmatic fast careful honest
-boring complete gentle"""
-TITLE_GERUNDS = tuple(_GERUNDS.split())
-TITLE_TECHS = tuple(_TECHS.split())
-TITLE_NOUNS = tuple(_NOUNS.split())
-TITLE_ADJECTIVES = tuple(_ADJECTIVES.split())
+TITLE_WORDS = {
+    "title_verb": """debug scale test profile cache secure monitor deploy refactor migrate design
+        simplify document""",
+    "title_gerund": """testing scaling debugging profiling caching deploying refactoring migrating
+        designing monitoring benchmarking shipping rewriting tuning""",
+    "title_tech": """Python PostgreSQL FastAPI asyncio Redis Docker SQLAlchemy Pydantic Kubernetes
+        Linux Rust Go TypeScript SQLite Kafka nginx pytest Git""",
+    "title_noun": """cache queries database API tests deployments workers queues indexes migrations
+        logs metrics services sessions tokens schemas pipelines containers endpoints benchmarks""",
+    "title_adjective": """practical simple surprising hidden reliable modern pragmatic fast careful
+        honest boring complete gentle""",
+    "title_count": "3 4 5 6 7 8 9 10 11 12",
+}
 
 
-class Progress:
-    """A bar on stderr when it is a terminal; one summary line per phase otherwise."""
+class DemoText:
+    """Titles, Markdown posts and comments, reproducible from one seed.
 
-    WIDTH = 30
-
-    def __init__(self, label: str, total: int, stream: TextIO) -> None:
-        self.label = label
-        self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.done = 0
-        self.started = time.perf_counter()
-        if self.tty:
-            self._draw()
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.tty:
-            self._draw()
-
-    def _draw(self) -> None:
-        fraction = self.done / self.total if self.total else 1.0
-        filled = int(self.WIDTH * fraction)
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        elapsed = time.perf_counter() - self.started
-        self.stream.write(
-            f"\r{self.label:<9}[{bar}] {fraction:4.0%} {self.done}/{self.total} {elapsed:5.1f}s"
-        )
-        self.stream.flush()
-
-    def finish(self, note: str = "") -> None:
-        elapsed = time.perf_counter() - self.started
-        if self.tty:
-            self._draw()
-            self.stream.write("\n")
-        else:
-            suffix = f" ({note})" if note else ""
-            self.stream.write(f"{self.label}: {self.done} inserted in {elapsed:.1f}s{suffix}\n")
-        self.stream.flush()
-
-
-class TextMaker:
-    """Realistic-looking titles, posts and comments from the built-in vocabularies.
-
-    Pools of title stems and of paragraphs (over stop words, common words and placeholders for
-    topic words) are made once; a post joins a few pooled paragraphs and fills in its own topic
-    words with `str.replace`, which keeps 100,000 posts down to seconds of generation.
+    Faker is far too slow to call per post (tens of microseconds a sentence), so it makes pools
+    once: title stems, paragraphs (with emphasis, inline code and the odd link), headings,
+    lists, code blocks and quotes, whose text holds placeholders for topic words. A post joins
+    a few pooled pieces and fills in its own topic words with `str.replace`, which keeps
+    100,000 posts down to seconds of generation.
     """
 
-    def __init__(self, rng: random.Random, pool_size: int = TEXT_POOL_SIZE) -> None:
-        self.rng = rng
+    def __init__(self, seed: int | None, pool_size: int = TEXT_POOL_SIZE) -> None:
+        from faker import Faker
+        from faker.providers import DynamicProvider
+
+        fake = Faker("en_US")
+        fake.seed_instance(seed)  # an instance's own generator: seed None draws from the OS
+        for name, words in TITLE_WORDS.items():
+            # Without `generator`, a provider brings a Generator of its own, unseeded, and its
+            # random_int & co. replace the seeded ones (Faker's `json` would differ per run).
+            fake.add_provider(DynamicProvider(name, words.split(), generator=fake))
+        self.fake = fake
+        self.rng: random.Random = fake.random
         self.tech_cum_weights = list(
             itertools.accumulate(1.0 / math.sqrt(rank + 1) for rank in range(len(TECH_WORDS)))
         )
-        # Private-use characters stand for the post's topic words; never first in a sentence.
+        # Private-use characters stand for the post's topic words, the capitals for one that
+        # starts a sentence.
         self.slots = tuple(chr(0xE000 + index) for index in range(TOPIC_SLOTS))
-        starters = STOP_WORDS + COMMON_WORDS
-        population = starters + self.slots
-        # About 40% stop words, 45% common words and 15% topic words.
-        cum_weights = list(
-            itertools.accumulate(
-                [0.40 / len(STOP_WORDS)] * len(STOP_WORDS)
-                + [0.45 / len(COMMON_WORDS)] * len(COMMON_WORDS)
-                + [0.15 / TOPIC_SLOTS] * TOPIC_SLOTS
-            )
-        )
+        self.capitals = {slot: chr(ord(slot) + 0x10) for slot in self.slots}
+        english = [word for word in fake.get_words_list() if word.islower()]
+        self.identifiers = [*TECH_WORDS, *english]
+        repeats = round(TOPIC_SHARE * len(english) / ((1 - TOPIC_SHARE) * TOPIC_SLOTS))
+        self.words = [*english, *self.slots * repeats]
 
-        def sentence() -> str:
-            words = rng.choices(population, cum_weights=cum_weights, k=rng.randint(5, 15))
-            first = rng.choice(starters).capitalize()
-            return " ".join([first, *words]) + rng.choice("......!?")
-
-        self.paragraphs = [
-            " ".join(sentence() for _ in range(rng.randint(2, 6))) for _ in range(pool_size)
-        ]
+        self.title_stems = [self._title_stem() for _ in range(pool_size)]
+        self.paragraphs = [self._paragraph() for _ in range(pool_size)]
         self.comments = [
-            " ".join(sentence() for _ in range(rng.randint(1, 3)))[:500].rstrip()
+            self._paragraph(sentences=self.rng.randint(1, 3), markup=False)[:500].rstrip()
             for _ in range(pool_size)
         ]
-        self.title_stems = [self._title_stem() for _ in range(pool_size)]
-        self.replacements: list[tuple[str, str]] = []
+        self.headings = [self._heading() for _ in range(pool_size // 5)]
+        self.lists = [self._list() for _ in range(pool_size // 10)]
+        self.code_blocks = [self._code_block() for _ in range(pool_size // 10)]
+        self.quotes = [
+            "> " + self._paragraph(sentences=self.rng.randint(1, 2)) for _ in range(pool_size // 20)
+        ]
+
+    # Pieces, made once.
+
+    def _sentence(self, words: int, markup: bool = True) -> str:
+        fake, rng = self.fake, self.rng
+        text_ = fake.sentence(nb_words=words, ext_word_list=self.words)
+        if text_[0] in self.capitals:
+            text_ = self.capitals[text_[0]] + text_[1:]
+        if not markup:
+            return text_
+        parts = text_.split(" ")
+        roll = rng.random()
+        if roll < 0.25 and len(parts) >= 3:
+            index = rng.randrange(1, len(parts) - 1)
+            mark = rng.choice(("*", "*", "**", "`"))
+            parts[index] = f"{mark}{parts[index]}{mark}"
+        elif roll < 0.29 and len(parts) >= 4:
+            first = rng.randrange(1, len(parts) - 2)
+            last = first + rng.randint(1, 2)
+            anchor = " ".join(parts[first:last])
+            url = fake.url().rstrip("/") + "/" + fake.uri_path()
+            parts[first:last] = [f"[{anchor}]({url})"]
+        return " ".join(parts)
+
+    def _paragraph(self, sentences: int | None = None, markup: bool = True) -> str:
+        count = sentences or self.rng.randint(2, 5)
+        return " ".join(self._sentence(self.rng.randint(5, 12), markup) for _ in range(count))
+
+    def _heading(self) -> str:
+        if self.rng.random() < 0.4:
+            return "## " + self.fake.catch_phrase()
+        return "## " + self._sentence(self.rng.randint(2, 5), markup=False).rstrip(".")
+
+    def _list(self) -> str:
+        items = [
+            self._sentence(self.rng.randint(3, 8), markup=self.rng.random() < 0.3).rstrip(".")
+            for _ in range(self.rng.randint(3, 6))
+        ]
+        if self.rng.random() < 0.35:
+            return "\n".join(f"{number}. {item}" for number, item in enumerate(items, 1))
+        return "\n".join(f"- {item}" for item in items)
+
+    def _code_block(self) -> str:
+        fake, rng = self.fake, self.rng
+
+        def name() -> str:
+            return fake.word(ext_word_list=self.identifiers)
+
+        kind = rng.choice(("python", "python", "sql", "bash", "json"))
+        if kind == "python":
+            function, things, attribute = f"{name()}_{name()}", f"{name()}s", name()
+            code = (
+                f"def {function}({things}):\n"
+                f'    """{fake.sentence(nb_words=rng.randint(4, 9))}"""\n'
+                f"    return [item for item in {things} if item.{attribute}]"
+            )
+        elif kind == "sql":
+            table, column, other = f"{name()}s", name(), name()
+            code = (
+                f"SELECT id, {column}, {other}\nFROM {table}\nWHERE {column} = $1\n"
+                f"ORDER BY created_at DESC\nLIMIT {rng.choice((10, 20, 50, 100))};"
+            )
+        elif kind == "bash":
+            tool = name()
+            code = f"$ pip install {tool}\n$ {tool} {name()} --{name()} {fake.file_path(depth=2)}"
+        else:
+            columns = [("id", "pyint"), ("username", "user_name"), ("email", "email")]
+            code = fake.json(data_columns=columns, num_rows=1, indent=2)
+        return f"```{kind}\n{code}\n```"
 
     def _title_stem(self) -> str:
-        rng = self.rng
-        title = rng.choice(TITLE_TEMPLATES)
-        # str.format would fill every {noun} with the same word; replace them one by one.
-        for placeholder, choices in (
-            ("{verb}", TITLE_VERBS),
-            ("{gerund}", TITLE_GERUNDS),
-            ("{tech}", TITLE_TECHS),
-            ("{noun}", TITLE_NOUNS),
-            ("{adjective}", TITLE_ADJECTIVES),
-        ):
-            while placeholder in title:
-                title = title.replace(placeholder, rng.choice(choices), 1)
-        title = title.replace("{n}", str(rng.randint(3, 12)))
+        title: str = self.fake.parse(self.rng.choice(TITLE_TEMPLATES))
         return title[:1].upper() + title[1:]
 
+    # Per row: a few draws from the pools.
+
     def _fill_topics(self, text_: str) -> str:
-        """Replace the slots with 2 to TOPIC_SLOTS distinct topic words, drawn anew."""
+        """Replace the slots with 2 to TOPIC_SLOTS topic words, drawn anew."""
         count = self.rng.randint(2, TOPIC_SLOTS)
         chosen = self.rng.choices(TECH_WORDS, cum_weights=self.tech_cum_weights, k=count)
         for index, slot in enumerate(self.slots):
-            text_ = text_.replace(slot, chosen[index % count])
+            word = chosen[index % count]
+            text_ = text_.replace(slot, word).replace(self.capitals[slot], word.capitalize())
         return text_
 
     def title(self, number: int) -> str:
@@ -431,11 +422,92 @@ class TextMaker:
         return f"{self.rng.choice(self.title_stems)} (#{number})"
 
     def content(self) -> str:
-        paragraphs = self.rng.choices(self.paragraphs, k=self.rng.randint(1, 3))
-        return self._fill_topics("\n\n".join(paragraphs))
+        """Markdown: an opening paragraph, then sections with lists, code or quotes."""
+        rng = self.rng
+        blocks = [rng.choice(self.paragraphs)]
+        for _ in range(rng.choice(SECTIONS_PER_POST)):
+            blocks += (rng.choice(self.headings), rng.choice(self.paragraphs))
+            roll = rng.random()
+            if roll < 0.3:
+                blocks.append(rng.choice(self.lists))
+            elif roll < 0.45:
+                blocks.append(rng.choice(self.code_blocks))
+            elif roll < 0.55:
+                blocks.append(rng.choice(self.quotes))
+            if rng.random() < 0.25:
+                blocks.append(rng.choice(self.paragraphs))
+        return self._fill_topics("\n\n".join(blocks))
 
     def comment(self) -> str:
         return self._fill_topics(self.rng.choice(self.comments))
+
+
+class SeedProgress:
+    """Rich's progress bars on stderr when it is a terminal; one summary line per table otherwise
+    (rich would also draw them when FORCE_COLOR is set: redrawn bars are noise in a CI log)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.stream = stream
+        self.bars = Progress(
+            TextColumn("{task.description:<9}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=stream),
+            disable=not stream.isatty(),
+        )
+
+    def __enter__(self) -> SeedProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.bars.stop()
+
+    @contextmanager
+    def table(self, what: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A bar for `total` rows of `what`; the yielded function counts rows inserted."""
+        task = self.bars.add_task(what, total=total)
+        started = time.perf_counter()
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            self.bars.update(task, completed=done)
+
+        yield advance
+        if self.bars.disable:
+            elapsed = time.perf_counter() - started
+            self.stream.write(f"{what}: {done} inserted in {elapsed:.1f}s\n")
+            self.stream.flush()
+
+
+@dataclass(frozen=True)
+class SeedOptions:
+    users: int
+    posts: int
+    comments: int
+    password: str
+    seed: int | None
+    batch_size: int
+    jobs: int
 
 
 @dataclass
@@ -460,20 +532,20 @@ class Seeder:
     are being written over their own connections."""
 
     def __init__(
-        self, database: Database, settings: Settings, args: argparse.Namespace, stream: TextIO
+        self, database: Database, settings: Settings, options: SeedOptions, progress: SeedProgress
     ) -> None:
         self.database = database
         self.settings = settings
-        self.args = args
-        self.stream = stream
-        self.rng = random.Random(args.seed)
-        self.text = TextMaker(self.rng)
+        self.options = options
+        self.progress = progress
+        self.text = DemoText(options.seed)
+        self.rng = self.text.rng  # one seeded generator for the text and everything else
         self.now = datetime.now(UTC)
         self.year_ago = self.now - timedelta(days=365)
-        self.batch_size: int = args.batch_size
+        self.batch_size = options.batch_size
         # SQLite has one writer at a time; PostgreSQL computes the search index in parallel.
         pool = settings.db_pool_size + settings.db_max_overflow
-        self.jobs: int = 1 if settings.is_sqlite else min(args.jobs, pool)
+        self.jobs = 1 if settings.is_sqlite else min(options.jobs, pool)
 
     async def scalars(self, query: Any) -> list[Any]:
         async with self.database.engine.connect() as connection:
@@ -497,29 +569,28 @@ class Seeder:
         make_rows: Callable[[int], list[dict[str, Any]]],
     ) -> None:
         """Insert `total` rows made by `make_rows(batch_size)`, with a progress bar."""
-        progress = Progress(what, total, self.stream)
         pending: set[asyncio.Task[int]] = set()
+        with self.progress.table(what, total) as advance:
 
-        async def reap(when: str) -> None:
-            done, _ = await asyncio.wait(pending, return_when=when)
-            for task in done:
-                pending.discard(task)
-                progress.advance(task.result())
+            async def reap(when: str) -> None:
+                done, _ = await asyncio.wait(pending, return_when=when)
+                for task in done:
+                    pending.discard(task)
+                    advance(task.result())
 
-        try:
-            for size in batches(total, self.batch_size):
-                rows = await asyncio.to_thread(make_rows, size)
-                while len(pending) >= self.jobs:
-                    await reap(asyncio.FIRST_COMPLETED)
-                pending.add(asyncio.create_task(self.insert(model, rows, what)))
-            while pending:
-                await reap(asyncio.ALL_COMPLETED)
-        except BaseException:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            raise
-        progress.finish()
+            try:
+                for size in batches(total, self.batch_size):
+                    rows = await asyncio.to_thread(make_rows, size)
+                    while len(pending) >= self.jobs:
+                        await reap(asyncio.FIRST_COMPLETED)
+                    pending.add(asyncio.create_task(self.insert(model, rows, what)))
+                while pending:
+                    await reap(asyncio.ALL_COMPLETED)
+            except BaseException:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise
 
     async def seed_users(self, count: int, password_hash: str) -> list[int]:
         usernames = await self.scalars(
@@ -629,33 +700,33 @@ class Seeder:
     async def run(self) -> SeedCounts:
         import security
 
-        args = self.args
+        options = self.options
         counts = SeedCounts()
         comment_model = getattr(models, "Comment", None)
         tables = ["users", "posts"]
-        if comment_model is not None and args.comments:
+        if comment_model is not None and options.comments:
             tables.append(comment_model.__tablename__)
         await require_tables(self.database, *tables)
 
         # One hash for every demo user: argon2 is slow on purpose.
-        password_hash = security.hash_password(args.password)
-        new_user_ids = await self.seed_users(args.users, password_hash) if args.users else []
+        password_hash = security.hash_password(options.password)
+        new_user_ids = await self.seed_users(options.users, password_hash) if options.users else []
         counts.users = len(new_user_ids)
         author_ids = new_user_ids or await self.scalars(select(User.id))
-        if not author_ids and (args.posts or args.comments):
+        if not author_ids and (options.posts or options.comments):
             raise CommandError("there are no users to write posts and comments; pass --users N")
 
         posts_after = None
-        if args.posts:
-            posts_after = await self.seed_posts(args.posts, author_ids)
-            counts.posts = args.posts
+        if options.posts:
+            posts_after = await self.seed_posts(options.posts, author_ids)
+            counts.posts = options.posts
 
-        if args.comments:
+        if options.comments:
             if comment_model is None:
                 counts.comments_note = "skipped: the Comment model does not exist yet"
             else:
                 counts.comments = await self.seed_comments(
-                    comment_model, args.comments, author_ids, posts_after
+                    comment_model, options.comments, author_ids, posts_after
                 )
                 if not counts.comments:
                     counts.comments_note = "skipped: no published posts to comment on"
@@ -679,12 +750,13 @@ class Seeder:
                 await connection.execute(text(statement))
 
 
-async def seed_demo(settings: Settings, args: argparse.Namespace) -> SeedCounts:
+async def seed_demo(settings: Settings, options: SeedOptions) -> SeedCounts:
     database = open_database(settings)
     try:
         await ping(database, settings)
         try:
-            return await Seeder(database, settings, args, sys.stderr).run()
+            with SeedProgress(sys.stderr) as progress:
+                return await Seeder(database, settings, options, progress).run()
         except (OSError, TimeoutError) as exc:
             raise unreachable(settings, exc) from None
         except DBAPIError as exc:
@@ -695,104 +767,92 @@ async def seed_demo(settings: Settings, args: argparse.Namespace) -> SeedCounts:
         await database.dispose()
 
 
-def cmd_seed_demo(args: argparse.Namespace) -> int:
+def run_seed_demo(options: SeedOptions) -> None:
     try:
-        UserCreate(username="demo_user_1", email="demo_user_1@example.com", password=args.password)
+        UserCreate(
+            username="demo_user_1", email="demo_user_1@example.com", password=options.password
+        )
     except ValidationError as exc:
         raise CommandError(validation_message(exc)) from None
     settings = load_settings()
     started = time.perf_counter()
-    counts = asyncio.run(seed_demo(settings, args))
+    counts = asyncio.run(seed_demo(settings, options))
     elapsed = time.perf_counter() - started
     comments = f"{counts.comments} comments"
     if counts.comments_note:
         comments += f" ({counts.comments_note})"
     print(f"seeded {counts.users} users, {counts.posts} posts, {comments} in {elapsed:.1f}s")
     if counts.users:
-        print(f"demo users log in as demo_user_<n> with password {args.password!r}")
-    return 0
+        print(f"demo users log in as demo_user_<n> with password {options.password!r}")
 
 
 # --- command line ----------------------------------------------------------------------------
 
-
-def non_negative(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return number
-
-
-def positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return number
+app = typer.Typer(
+    help="Blog API operator commands (settings from the environment and .env).",
+    add_completion=False,
+    no_args_is_help=True,
+    # Plain tracebacks for bugs: Typer's pretty ones show local variables, settings included.
+    pretty_exceptions_enable=False,
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="manage.py",
-        description="Blog API operator commands (settings from the environment and .env).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    migrate = commands.add_parser("migrate", help="upgrade the DATABASE_URL schema to the latest")
-    migrate.set_defaults(handler=cmd_migrate)
-
-    user = commands.add_parser("create-user", help="create a user (or an admin with --admin)")
-    user.add_argument("--username", required=True)
-    user.add_argument("--email", required=True)
-    user.add_argument("--admin", action="store_true", help="give the user the admin role")
-    user.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from stdin instead of prompting for it",
-    )
-    user.set_defaults(handler=cmd_create_user)
-
-    seed = commands.add_parser(
-        "seed-demo", help="fill the database with demo users, posts and comments"
-    )
-    seed.add_argument("--users", type=non_negative, default=20, help="new users (default 20)")
-    seed.add_argument("--posts", type=non_negative, default=200, help="new posts (default 200)")
-    seed.add_argument(
-        "--comments", type=non_negative, default=500, help="new comments (default 500)"
-    )
-    seed.add_argument(
-        "--password",
-        default=DEFAULT_DEMO_PASSWORD,
-        help=f"password of every demo user (default {DEFAULT_DEMO_PASSWORD!r})",
-    )
-    seed.add_argument("--seed", type=int, default=None, help="random seed, for repeatable data")
-    seed.add_argument(
-        "--batch-size", type=positive, default=5000, help="rows per INSERT batch (default 5000)"
-    )
-    seed.add_argument(
-        "--jobs",
-        type=positive,
-        default=DEFAULT_JOBS,
-        help=f"batches written at once on PostgreSQL (default {DEFAULT_JOBS}; SQLite: 1)",
-    )
-    seed.set_defaults(handler=cmd_seed_demo)
-    return parser
+@app.command("migrate")
+def migrate_command() -> None:
+    """Upgrade the DATABASE_URL schema to the latest revision."""
+    migrate()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
+@app.command("create-user")
+def create_user_command(
+    username: Annotated[str, typer.Option(help="3-50 of A-Z a-z 0-9 _ . -")],
+    email: Annotated[str, typer.Option(help="a valid email address")],
+    admin: Annotated[bool, typer.Option("--admin", help="give the user the admin role")] = False,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="read the password from stdin instead of prompting for it"
+        ),
+    ] = False,
+) -> None:
+    """Create a user (an admin with --admin); the password is asked for twice."""
+    add_user(username, email, admin, password_stdin)
+
+
+@app.command("seed-demo")
+def seed_demo_command(
+    users: Annotated[int, typer.Option(min=0, help="new demo users")] = 20,
+    posts: Annotated[int, typer.Option(min=0, help="new posts, in Markdown")] = 200,
+    comments: Annotated[int, typer.Option(min=0, help="new comments")] = 500,
+    password: Annotated[
+        str, typer.Option(help="password of every demo user")
+    ] = DEFAULT_DEMO_PASSWORD,
+    seed: Annotated[
+        int | None, typer.Option(help="random seed, for repeatable data", show_default=False)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="rows per INSERT batch")] = 5000,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="batches written at once on PostgreSQL (SQLite: 1)")
+    ] = DEFAULT_JOBS,
+) -> None:
+    """Fill the database with demo users, posts and comments."""
+    run_seed_demo(SeedOptions(users, posts, comments, password, seed, batch_size, jobs))
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main() -> None:
+    # Typer reports usage errors itself (exit code 2); the commands' own failures land here.
     try:
-        return handler(args)
+        app(prog_name="manage.py")
     except CommandError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        fail(str(exc))
     except SQLAlchemyError as exc:
-        print(f"error: database error: {describe(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        fail(f"database error: {describe(exc)}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

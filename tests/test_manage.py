@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
+import re
+import select
+import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +21,12 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ROOT, TEST_DATABASE_URL, TEST_SECRET, in_own_thread, login, need_services
+from markdown_it import MarkdownIt
 from private_services import scratch_database
 
 import models
 from config import Settings, normalize_database_url
+from manage import TECH_WORDS, DemoText
 
 UNREACHABLE_URL = "postgresql://root@127.0.0.1:1/x"
 HAS_COMMENTS = getattr(models, "Comment", None) is not None
@@ -28,6 +35,10 @@ SERVICE_VARIABLES = {name.upper() for name in Settings.model_fields} | {
     "PORT",
     "HOST",
     "PROMETHEUS_MULTIPROC_DIR",
+    # rich (Typer's messages, the progress bars) would style or draw as on a terminal.
+    "FORCE_COLOR",
+    "PY_COLORS",
+    "TTY_COMPATIBLE",
 }
 
 
@@ -318,6 +329,118 @@ def test_seed_demo_refuses_a_short_password(database_url: str) -> None:
 def test_seed_demo_without_users(database_url: str) -> None:
     result = manage(database_url, *("seed-demo", "--users", "0", "--posts", "3"))
     assert_one_error_line(result, "--users")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"), [("abc", "'abc' is not a valid"), ("-1", "not in the range x>=0")]
+)
+def test_seed_demo_refuses_a_malformed_count(
+    database_url: str, tmp_path: Path, value: str, fragment: str
+) -> None:
+    result = manage(database_url, "seed-demo", "--users", value)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "Invalid value for '--users'" in result.stderr
+    assert fragment in result.stderr
+    assert "non_negative" not in result.stderr  # the parser's converter function, once
+    assert sqlite_counts(tmp_path / "blog.db")["users"] == 0
+
+
+def test_seed_demo_is_repeatable_with_a_seed(database_url: str, tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        shutil.copy(tmp_path / "blog.db", tmp_path / f"{name}.db")
+
+    def seeded(name: str, seed: str) -> tuple[list[Any], list[Any]]:
+        url = f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}"
+        counts = ("--users", "3", "--posts", "40", "--comments", "30")
+        result = manage(url, "seed-demo", *counts, "--seed", seed)
+        assert result.returncode == 0, result.stderr
+        with sqlite3.connect(tmp_path / f"{name}.db") as connection:
+            posts = connection.execute(
+                "SELECT title, content, author_id, published FROM posts ORDER BY id"
+            ).fetchall()
+            comments = (
+                connection.execute("SELECT post_id, author_id, text FROM comments ORDER BY id")
+                if HAS_COMMENTS
+                else []
+            )
+            return posts, list(comments)
+
+    first = seeded("a", "11")
+    assert len(first[0]) == 40
+    assert seeded("b", "11") == first
+    assert seeded("c", "12")[0] != first[0]
+
+
+def test_demo_posts_are_markdown_like_real_posts() -> None:
+    text = DemoText(seed=5, pool_size=400)
+    posts = [text.content() for _ in range(400)]
+    parser = MarkdownIt("commonmark")
+    having: Counter[str] = Counter()  # posts with at least one such element
+    languages: set[str] = set()
+    for content in posts:
+        assert not re.search("[\ue000-\uf8ff]", content)  # every topic placeholder filled in
+        tokens = parser.parse(content)
+        assert tokens[0].type == "paragraph_open"  # an opening paragraph, then sections
+        inline = [child for token in tokens for child in token.children or ()]
+        having.update({token.type for token in [*tokens, *inline]})
+        languages |= {token.info for token in tokens if token.type == "fence"}
+        for link in (token for token in inline if token.type == "link_open"):
+            assert str(link.attrs["href"]).startswith(("http://", "https://"))
+
+    share = {kind: count / len(posts) for kind, count in having.items()}
+    assert 0.5 < share["heading_open"] < 1
+    assert 0.15 < share.get("bullet_list_open", 0) + share.get("ordered_list_open", 0) < 0.6
+    assert 0.05 < share["fence"] < 0.4
+    assert languages == {"python", "sql", "bash", "json"}
+    assert 0.03 < share["blockquote_open"] < 0.3
+    assert 0.1 < share["link_open"] < 0.5
+    for kind in ("em_open", "strong_open", "code_inline"):
+        assert 0.1 < share[kind] < 1, kind
+
+    # Topic words keep a spread of search selectivities, "python" the most common.
+    topic_share = {
+        word: sum(bool(re.search(rf"\b{word}\b", post, re.I)) for post in posts) / len(posts)
+        for word in TECH_WORDS
+    }
+    assert max(topic_share, key=topic_share.__getitem__) == "python"
+    assert 0.1 < topic_share["python"] < 0.4
+    assert min(topic_share.values()) < 0.05
+
+
+def test_seed_demo_draws_progress_bars_on_a_terminal(database_url: str) -> None:
+    controller, terminal = pty.openpty()
+    command = [sys.executable, str(ROOT / "manage.py"), "seed-demo"]
+    counts = ("--users", "2", "--posts", "50", "--comments", "20")
+    with subprocess.Popen(
+        [*command, *counts],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        env=command_env(database_url, TERM="xterm-256color", COLUMNS="120"),
+        cwd=Path(__file__).resolve().parent,
+    ) as process:
+        os.close(terminal)
+        output = b""
+        while True:
+            ready, _, _ = select.select([controller], [], [], 120)
+            assert ready, "no output for 120 s"
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the command has closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        process.wait(timeout=60)
+    os.close(controller)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))
+    assert process.returncode == 0, screen
+    for what, total in (("users", 2), ("posts", 50), ("comments", 20 if HAS_COMMENTS else 0)):
+        if total:
+            assert re.search(rf"{what} +━+ 100% +{total}/{total}", screen), screen
+    assert "inserted in" not in screen  # the summary lines are for logs
+    assert "seeded 2 users, 50 posts" in screen
 
 
 # --- unreachable database --------------------------------------------------------------------
