@@ -788,6 +788,25 @@ def run_seed_demo(options: SeedOptions) -> None:
 
 # --- command line ----------------------------------------------------------------------------
 
+
+def fail(message: str, exit_code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(exit_code)
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """A command's own failures as one `error: ...` line (Typer reports usage errors, exit 2)."""
+    try:
+        yield
+    except CommandError as exc:
+        fail(str(exc))
+    except SQLAlchemyError as exc:
+        fail(f"database error: {describe(exc)}")
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
 app = typer.Typer(
     help="Blog API operator commands (settings from the environment and .env).",
     add_completion=False,
@@ -800,7 +819,8 @@ app = typer.Typer(
 @app.command("migrate")
 def migrate_command() -> None:
     """Upgrade the DATABASE_URL schema to the latest revision."""
-    migrate()
+    with reported():
+        migrate()
 
 
 @app.command("create-user")
@@ -816,7 +836,8 @@ def create_user_command(
     ] = False,
 ) -> None:
     """Create a user (an admin with --admin); the password is asked for twice."""
-    add_user(username, email, admin, password_stdin)
+    with reported():
+        add_user(username, email, admin, password_stdin)
 
 
 @app.command("seed-demo")
@@ -836,23 +857,9 @@ def seed_demo_command(
     ] = DEFAULT_JOBS,
 ) -> None:
     """Fill the database with demo users, posts and comments."""
-    run_seed_demo(SeedOptions(users, posts, comments, password, seed, batch_size, jobs))
-
-
-def fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def main() -> None:
-    # Typer reports usage errors itself (exit code 2); the commands' own failures land here.
-    try:
-        app(prog_name="manage.py")
-    except CommandError as exc:
-        fail(str(exc))
-    except SQLAlchemyError as exc:
-        fail(f"database error: {describe(exc)}")
+    with reported():
+        run_seed_demo(SeedOptions(users, posts, comments, password, seed, batch_size, jobs))
 
 
 if __name__ == "__main__":
-    main()
+    app(prog_name="manage.py")

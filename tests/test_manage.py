@@ -9,6 +9,7 @@ import pty
 import re
 import select
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -441,6 +442,28 @@ def test_seed_demo_draws_progress_bars_on_a_terminal(database_url: str) -> None:
             assert re.search(rf"{what} +━+ 100% +{total}/{total}", screen), screen
     assert "inserted in" not in screen  # the summary lines are for logs
     assert "seeded 2 users, 50 posts" in screen
+
+
+def test_seed_demo_interrupted_is_one_line_and_exit_130(database_url: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "seed-demo", "--posts", "1000000"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(database_url),
+        cwd=Path(__file__).resolve().parent,
+        # A shell's background job ignores SIGINT, and Python would then too.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert process.stderr is not None
+    first = process.stderr.readline()  # the users are in; the posts are being written
+    assert first.startswith("users: "), first
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, (stdout, stderr)
+    assert stderr.strip().splitlines() == ["error: interrupted"]
+    assert "seeded" not in stdout
 
 
 # --- unreachable database --------------------------------------------------------------------
