@@ -4,8 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Every start command passes these (Procfile, docker/start.sh, tests, bench; a test checks): the
+# app alone decides the client address (FORWARDED_ALLOW_IPS), no `server` header, and uvicorn's
+# HTTP protocol with a cap and a deadline on request heads (http_protocol.py).
+SERVER_FLAGS := --no-proxy-headers --no-server-header --http http_protocol:BoundedHttpToolsProtocol
 APP_MODULES := main.py offline_docs.py openapi_document.py security_headers.py config.py database.py models.py schemas.py crud.py security.py errors.py \
-	middleware.py deps.py pagination.py logging_setup.py manage.py ratelimit.py observability.py routes
+	middleware.py deps.py pagination.py logging_setup.py manage.py ratelimit.py observability.py routes \
+	proxies.py http_protocol.py
 
 .PHONY: run test lint format migrate install dev clean docs-assets
 
@@ -29,7 +34,8 @@ migrate: install  ## create or upgrade the schema of DATABASE_URL
 	$(BIN)/python manage.py migrate
 
 run: migrate  ## serve on http://$(HOST):$(PORT) (docs at /docs)
-	$(BIN)/uvicorn main:app --host $(HOST) --port $(PORT) --ws-max-size 65536 --no-access-log
+	$(BIN)/uvicorn main:app --host $(HOST) --port $(PORT) --ws-max-size 65536 --no-access-log \
+		$(SERVER_FLAGS)
 
 lint: dev
 	$(BIN)/ruff check .

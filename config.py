@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -18,6 +19,9 @@ logger = logging.getLogger("blog.config")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./blog.db"
 MIN_SECRET_KEY_LENGTH = 32
+# A key of 32 characters drawn from only a few symbols ("aaaa...", "abab...") is guessable;
+# secrets.token_urlsafe(48) has ~40 distinct characters, a long passphrase well over 10.
+MIN_SECRET_KEY_DISTINCT = 10
 RATE_LIMIT_PATTERN = re.compile(r"^\s*\d+\s*/\s*(second|minute|hour)\s*$")
 
 
@@ -66,6 +70,7 @@ class Settings(BaseSettings):
     rate_limit_read: str = "300/minute"
     rate_limit_write: str = "60/minute"
     rate_limit_login: str = "10/minute"
+    rate_limit_login_account: str = "20/hour"
     cache_ttl_seconds: int = Field(default=300, ge=0)
     cache_max_entries: int = Field(default=10_000, ge=1)
     smtp_host: str | None = None
@@ -82,7 +87,11 @@ class Settings(BaseSettings):
     first_admin_password: str | None = None
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
-    forwarded_allow_ips: Annotated[list[str], NoDecode] = ["127.0.0.1"]
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = []
+    allowed_hosts: Annotated[list[str], NoDecode] = ["*"]
+    metrics_token: str | None = None
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0)
+    request_body_timeout_seconds: float = Field(default=30.0, gt=0)
     web_concurrency: int = Field(default=1, ge=1)
 
     @field_validator("database_url")
@@ -90,19 +99,41 @@ class Settings(BaseSettings):
     def _normalize_database_url(cls, value: str) -> str:
         return normalize_database_url(value)
 
-    @field_validator("redis_url", "secret_key", "smtp_host", "notify_email", mode="before")
+    @field_validator(
+        "redis_url", "secret_key", "smtp_host", "notify_email", "metrics_token", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("cors_origins", "forwarded_allow_ips", mode="before")
+    @field_validator("cors_origins", "forwarded_allow_ips", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("rate_limit_read", "rate_limit_write", "rate_limit_login")
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _only_ip_addresses(cls, value: list[str]) -> list[str]:
+        """Proxies are IP addresses or networks; anything else (`*`, a name) is ignored, so a
+        typo can never make every peer's X-Forwarded-For believed."""
+        kept = []
+        for entry in value:
+            try:
+                kept.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                logger.warning("FORWARDED_ALLOW_IPS: %r is not an IP address; ignored", entry)
+        return kept
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _lower_case_hosts(cls, value: list[str]) -> list[str]:
+        return [host.lower() for host in value] or ["*"]
+
+    @field_validator(
+        "rate_limit_read", "rate_limit_write", "rate_limit_login", "rate_limit_login_account"
+    )
     @classmethod
     def _rate_limit_form(cls, value: str) -> str:
         if not RATE_LIMIT_PATTERN.match(value):
@@ -119,11 +150,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_needs_secret(self) -> Settings:
-        if self.environment == "production" and (
-            self.secret_key is None or len(self.secret_key) < MIN_SECRET_KEY_LENGTH
-        ):
+        if self.environment != "production":
+            return self
+        if self.secret_key is None or len(self.secret_key) < MIN_SECRET_KEY_LENGTH:
             raise ValueError(
                 f"ENVIRONMENT=production needs a SECRET_KEY of {MIN_SECRET_KEY_LENGTH}+ characters"
+            )
+        distinct = len(set(self.secret_key))
+        if distinct < MIN_SECRET_KEY_DISTINCT:
+            raise ValueError(
+                f"SECRET_KEY has too little variety ({distinct} distinct characters, "
+                f"{MIN_SECRET_KEY_DISTINCT}+ needed) to be hard to guess; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
         return self
 

@@ -23,6 +23,7 @@ from notifications import Notifier
 from observability import ObservabilityMiddleware, record_redis_fallback
 from offline_docs import install_docs
 from openapi_document import BlogAPI
+from proxies import ClientAddressMiddleware
 from ratelimit import RateLimitMiddleware
 from realtime import create_hub
 from redis_backend import RedisBackend
@@ -160,10 +161,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "X-RateLimit-Reset",
             ],
         )
-    app.add_middleware(BodySizeLimitMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, timeout=settings.request_body_timeout_seconds)
     # Inside RequestContext (whose request id it logs), outside the rest: 413s and 429s count.
     app.add_middleware(ObservabilityMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    # The one place that decides the client address, before anything reads it.
+    app.add_middleware(ClientAddressMiddleware, forwarded_allow_ips=settings.forwarded_allow_ips)
     # Outermost, so the 500 that RequestContextMiddleware makes of a crash gets the headers too.
     app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -1,7 +1,9 @@
-"""Pure ASGI middleware: request ids and timing, the last-resort 500, and the body size limit."""
+"""Pure ASGI middleware: request ids and timing, the last-resort 500, and the body size and time
+limits."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -18,6 +20,7 @@ logger = logging.getLogger("blog.request")
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds; Settings.request_body_timeout_seconds
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -78,11 +81,16 @@ class RequestContextMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """413 for bodies over the limit, decided from Content-Length or while streaming."""
+    """413 for bodies over the limit, decided from Content-Length or while streaming; 408 when
+    the whole body has not arrived `timeout` seconds after the app first asked for it (a client
+    trickling a body would otherwise hold a connection and a task indefinitely)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, timeout: float = DEFAULT_BODY_TIMEOUT
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,15 +101,34 @@ class BodySizeLimitMiddleware:
                 await self._too_large()(scope, receive, send)
                 return
         received = 0
+        deadline: float | None = None
+        body_complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, body_complete
+            if body_complete:  # e.g. listening for a disconnect: no deadline
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                # FastAPI re-raises HTTPException from body reading; the handler makes it 408.
+                raise HTTPException(
+                    408,
+                    f"The request body did not arrive within {self.timeout:g} seconds",
+                    headers={"Connection": "close"},
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # FastAPI re-raises HTTPException from body reading; the handler makes it 413.
                     raise HTTPException(413, self._detail())
+                body_complete = not message.get("more_body", False)
+            else:
+                body_complete = True
             return message
 
         await self.app(scope, limited_receive, send)

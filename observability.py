@@ -140,6 +140,7 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 UNMATCHED = "<unmatched>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LABELS = ("method", "route", "status")
+MAX_LOGGED_PATH = 1024  # characters of a path in the access log; a longer one is cut
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 HTTP_REQUESTS = Counter(
@@ -313,17 +314,21 @@ class ObservabilityMiddleware:
         state = scope.get("state") or {}
         client = scope.get("client")
         duration_ms = round(seconds * 1000, 3)
+        path: str = scope["path"]
+        if len(path) > MAX_LOGGED_PATH:
+            path = f"{path[:MAX_LOGGED_PATH]}...[{len(path) - MAX_LOGGED_PATH} more]"
+        # The message names the route template (bounded); the path appears once, capped.
         access_logger.info(
             "%s %s %d %.1fms",
             method,
-            scope["path"],
+            route,
             status,
             duration_ms,
             extra={
                 "request_id": state.get("request_id"),
                 "method": method,
                 "route": route,
-                "path": scope["path"],
+                "path": path,
                 "status": status,
                 "duration_ms": duration_ms,
                 "user_id": state.get("user_id"),

@@ -2,9 +2,10 @@
 
 Each request that is limited falls in one category (`login`, `write` or `read`), each with its
 own configurable limit, counted per client: the user id when the request carries a valid bearer
-token, else the client IP (taken from `X-Forwarded-For` only when the direct peer is a trusted
-proxy). The strategy is a moving window, so `X-RateLimit-Reset` and `Retry-After` say when the
-oldest request in the window leaves it, i.e. when a slot frees.
+token, else the client IP (decided once by `proxies.ClientAddressMiddleware`, which believes
+`X-Forwarded-For` only from a trusted proxy). The strategy is a moving window, so
+`X-RateLimit-Reset` and `Retry-After` say when the oldest request in the window leaves it, i.e.
+when a slot frees.
 
 Counters live in Redis when `REDIS_URL` is set (shared by every worker, through the shared
 connection pool of `RedisBackend`) and in process memory otherwise (the `limits` library's moving
@@ -17,7 +18,6 @@ and decides when Redis is tried again, so a Redis outage never fails a request.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import logging
 import math
@@ -95,38 +95,6 @@ class Decision:
         }
 
 
-class TrustedProxies:
-    """FORWARDED_ALLOW_IPS: addresses or networks whose X-Forwarded-For is believed; `*` is any."""
-
-    def __init__(self, entries: list[str]) -> None:
-        self.any = "*" in entries
-        self.literals: set[str] = set()
-        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        self._answers: dict[str, bool] = {}  # parsing an address costs more than the request
-        for entry in entries:
-            try:
-                self.networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                self.literals.add(entry)  # e.g. a unix socket peer name
-
-    def trusts(self, host: str) -> bool:
-        if self.any or host in self.literals:
-            return True
-        known = self._answers.get(host)
-        if known is None:
-            known = self._answers[host] = self._in_networks(host)
-            if len(self._answers) > 4096:  # peers are few (proxies); a bound all the same
-                self._answers.clear()
-        return known
-
-    def _in_networks(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
-
-
 def request_path(scope: Scope) -> str:
     """The path within the application (without a root path), without a trailing slash."""
     path: str = scope.get("path", "/")
@@ -169,23 +137,10 @@ def bearer_token(scope: Scope) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def client_ip(scope: Scope, proxies: TrustedProxies) -> str:
-    """The direct peer, or the rightmost X-Forwarded-For hop not run by a trusted proxy."""
+def peer_ip(scope: Scope) -> str:
+    """The client's address, as ClientAddressMiddleware decided it."""
     client = scope.get("client")
-    peer: str = client[0] if client else "unknown"
-    if not proxies.trusts(peer):
-        return peer
-    hops: list[str] = [
-        hop.strip()
-        for key, value in scope.get("headers", ())
-        if key == b"x-forwarded-for"
-        for hop in value.decode("latin-1").split(",")
-        if hop.strip()
-    ]
-    for hop in reversed(hops):
-        if not proxies.trusts(hop):
-            return hop
-    return hops[0] if hops else peer  # every hop trusted: the leftmost is the client
+    return str(client[0]) if client else "unknown"
 
 
 def decision(item: RateLimitItem, allowed: bool, remaining: int, reset_in: float) -> Decision:
@@ -217,7 +172,6 @@ class RateLimitMiddleware:
             "write": parse(settings.rate_limit_write),
             "login": parse(settings.rate_limit_login),
         }
-        self.proxies = TrustedProxies(settings.forwarded_allow_ips)
         # Without Redis, and during a Redis outage: counters in this process only.
         self.memory_limiter = MovingWindowRateLimiter(MemoryStorage())
         self._redis_backend: RedisBackend | None = None
@@ -285,16 +239,13 @@ class RateLimitMiddleware:
                 # deps.get_optional_user takes it from here instead of decoding again.
                 scope.setdefault("state", {})[VERIFIED_TOKEN] = (token, user_id)
                 return f"user:{user_id}"
-        return f"ip:{client_ip(scope, self.proxies)}"
+        return f"ip:{peer_ip(scope)}"
 
     async def check(self, scope: Scope, category: Category) -> Decision:
         item = self.items[category]
         # Login and register are counted by IP even with a valid token: else every account
         # an attacker holds would bring a fresh budget of password guesses and sign-ups.
-        if category == "login":
-            key = f"ip:{client_ip(scope, self.proxies)}"
-        else:
-            key = self.client_key(scope)
+        key = f"ip:{peer_ip(scope)}" if category == "login" else self.client_key(scope)
         backend = self.redis_backend(scope)
         if backend is None:
             return await consume_in_process(self.memory_limiter, item, category, key)

@@ -63,6 +63,8 @@ class SecurityHeadersMiddleware:
                         headers.append(name, value)  # no replace scan: hot path
                 if "content-security-policy" not in headers:
                     headers.append("Content-Security-Policy", self.content_security_policy)
+                if "server" in headers:  # uvicorn's own is off (--no-server-header); none here
+                    del headers["server"]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -26,6 +26,12 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
+# The flags of every start command (the Makefile's SERVER_FLAGS).
+SERVER_FLAGS = (
+    "--no-proxy-headers",
+    "--no-server-header",
+    *("--http", "http_protocol:BoundedHttpToolsProtocol"),
+)
 
 
 class BenchError(Exception):

@@ -56,6 +56,7 @@ from common import (
     HOST,
     RESULTS,
     ROOT,
+    SERVER_FLAGS,
     BenchError,
     argument_parser,
     child_pids,
@@ -573,7 +574,7 @@ class Bench:
         command = [
             sys.executable,
             *("-m", "uvicorn", "main:app", "--host", HOST, "--port", str(self.ports["service"])),
-            *("--workers", "1", "--no-access-log"),
+            *("--workers", "1", "--no-access-log", *SERVER_FLAGS),
         ]
         service = Server("service", command, self.service_env(cache_ttl), RESULTS / "service.log")
         self.servers.append(service)

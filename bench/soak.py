@@ -52,6 +52,7 @@ from common import (
     HOST,
     RESULTS,
     ROOT,
+    SERVER_FLAGS,
     BenchError,
     argument_parser,
     child_pids,
@@ -146,6 +147,7 @@ class Service:
             sys.executable,
             *("-m", "uvicorn", "main:app", "--host", HOST, "--port", str(self.port)),
             *("--workers", str(args.workers), "--ws-max-size", "65536", "--no-access-log"),
+            *SERVER_FLAGS,
         ]
         self.process = start_in_session(self.command, env, log_path)
 

@@ -8,7 +8,9 @@
 # uvicorn's own supervisor runs the workers: gunicorn's `uvicorn.workers.UvicornWorker` is
 # deprecated in uvicorn 0.54 in favour of the separate uvicorn-worker package, which this
 # project does not depend on. `exec` makes uvicorn PID 1 in a container, so `docker stop`
-# (SIGTERM) reaches it and shuts the workers down gracefully.
+# (SIGTERM) reaches it and shuts the workers down gracefully. --no-proxy-headers: the app alone
+# decides the client address from FORWARDED_ALLOW_IPS (uvicorn would otherwise believe
+# X-Forwarded-For from loopback); --http: request heads capped in size and time (http_protocol.py).
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -21,4 +23,7 @@ exec "$PYTHON" -m uvicorn main:app \
     --port "${PORT:-8000}" \
     --workers "${WEB_CONCURRENCY:-1}" \
     --ws-max-size 65536 \
-    --no-access-log
+    --no-access-log \
+    --no-proxy-headers \
+    --no-server-header \
+    --http http_protocol:BoundedHttpToolsProtocol

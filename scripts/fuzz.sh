@@ -31,6 +31,7 @@ unset REDIS_URL SMTP_HOST FIRST_ADMIN_USERNAME CORS_ORIGINS
 
 "$BIN/python" manage.py migrate >"$workdir/migrate.log" 2>&1 || { cat "$workdir/migrate.log"; exit 1; }
 "$BIN/uvicorn" main:app --host 127.0.0.1 --port "$port" --no-access-log --log-level warning \
+    --no-proxy-headers --no-server-header --http http_protocol:BoundedHttpToolsProtocol \
     >"$workdir/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from config import ConfigError, Settings, normalize_database_url, sqlite_path
 
-LONG_SECRET = "s" * 32
+LONG_SECRET = "0123456789abcdefghijklmnopqrstuv"  # 32 characters, 32 distinct
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +94,27 @@ def test_production_refuses_a_short_secret(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("SECRET_KEY", "short")
     with pytest.raises(ValidationError, match="SECRET_KEY"):
         make()
+
+
+@pytest.mark.parametrize(
+    "key", ["a" * 32, "ab" * 40, "secret" * 8, "pass1234" * 6, "0123456789" * 4]
+)
+def test_production_refuses_a_long_secret_with_too_little_variety(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    distinct = len(set(key))
+    if distinct >= 10:
+        make(environment="production", secret_key=key)  # ten distinct characters are enough
+        return
+    with pytest.raises(ValidationError, match="SECRET_KEY has too little variety") as refused:
+        make(environment="production", secret_key=key)
+    assert f"({distinct} distinct characters, 10+ needed)" in str(refused.value)
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("SECRET_KEY", key)
+    with pytest.raises(ValidationError, match="too little variety"):
+        make()
+    # Outside production any key is accepted (tests and local runs use simple ones).
+    assert make(environment="development").jwt_secret == key
 
 
 def test_production_accepts_a_long_secret(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -216,3 +237,37 @@ def test_rate_limit_defaults() -> None:
     assert settings.rate_limit_read == "300/minute"
     assert settings.rate_limit_write == "60/minute"
     assert settings.rate_limit_login == "10/minute"
+    assert settings.rate_limit_login_account == "20/hour"
+    with pytest.raises(ValidationError):
+        make(rate_limit_login_account="20/day")
+
+
+# --- proxies, hosts, metrics ---------------------------------------------------------------------
+
+
+def test_no_proxy_is_believed_by_default_and_non_addresses_are_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert make().forwarded_allow_ips == []
+    given = "10.0.0.1, not-an-ip, *, 172.16.0.0/12, ::1, nginx, /run/nginx.sock"
+    assert make(forwarded_allow_ips=given).forwarded_allow_ips == [
+        "10.0.0.1/32",
+        "172.16.0.0/12",
+        "::1/128",
+    ]
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    assert make().forwarded_allow_ips == []
+
+
+def test_allowed_hosts_and_metrics_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make()
+    assert settings.allowed_hosts == ["*"]
+    assert settings.metrics_token is None
+    assert settings.request_body_timeout_seconds == 30.0
+    monkeypatch.setenv("ALLOWED_HOSTS", "Blog.Example.com, *.blog.example.com")
+    monkeypatch.setenv("METRICS_TOKEN", "")  # empty means unset
+    settings = make()
+    assert settings.allowed_hosts == ["blog.example.com", "*.blog.example.com"]
+    assert settings.metrics_token is None
+    monkeypatch.setenv("ALLOWED_HOSTS", "")
+    assert make().allowed_hosts == ["*"]

@@ -18,6 +18,7 @@ import pytest
 from conftest import ROOT
 from test_manage import UNREACHABLE_URL, command_env
 from test_manage import private_postgres as private_postgres  # the fixture, shared
+from worker_processes import SERVER_FLAGS
 
 from config import Settings
 from main import create_app
@@ -156,7 +157,7 @@ def test_server_with_unreachable_database_exits_cleanly(log_format: str, tmp_pat
     result = subprocess.run(
         [
             *(sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(ROOT)),
-            *("--host", "127.0.0.1", "--port", str(free_port())),
+            *("--host", "127.0.0.1", "--port", str(free_port()), *SERVER_FLAGS),
         ],
         env=env,
         cwd=tmp_path,  # no .env here

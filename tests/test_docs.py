@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from conftest import PASSWORD, ROOT, TEST_SECRET
+from worker_processes import SERVER_FLAGS
 
 DOCS_PAGES = ["/docs", "/redoc", "/docs/oauth2-redirect"]
 ASSET_TYPES = {
@@ -199,7 +200,7 @@ def live_server(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory)
     log = (folder / "server.log").open("w+")
     command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1"]
     server = subprocess.Popen(
-        [*command, "--port", str(port), "--no-access-log"],
+        [*command, "--port", str(port), "--no-access-log", *SERVER_FLAGS],
         cwd=ROOT,
         env=env,
         stdout=log,

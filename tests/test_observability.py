@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import observability
 from logging_setup import configure_logging
 from tests.conftest import ROOT, TEST_SECRET, alembic_upgrade, create_post, free_port
+from tests.worker_processes import SERVER_FLAGS
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 REQUESTS = "http_requests_total"
@@ -246,6 +247,22 @@ async def test_access_log_is_one_json_line_per_request(
     assert second["request_id"] == anonymous.headers["X-Request-ID"]
     assert second["status"] == 404 and second["user_id"] is None
     assert second["route"] == TEMPLATE and second["path"] == "/posts/424242"
+    # The message names the template; the path is written once, in `path`.
+    assert second["message"].startswith(f"GET {TEMPLATE} 404 ")
+    assert "424242" not in second["message"]
+
+
+async def test_a_long_path_is_logged_once_and_capped(
+    client: httpx.AsyncClient, log_output: Any
+) -> None:
+    buffer = log_output("json")
+    long_path = "/x" * 30_000  # a 60 KB path
+    assert (await client.get(long_path)).status_code == 404
+    [line] = [line for line in buffer.getvalue().splitlines() if "blog.access" in line]
+    assert len(line) < 2_000, len(line)  # not 60 KB, let alone twice
+    [record] = access_lines(io.StringIO(line))
+    assert record["path"] == long_path[:1024] + "...[58976 more]"
+    assert record["message"].startswith("GET <unmatched> 404 ")
 
 
 async def test_access_log_in_text_format_is_for_people(
@@ -345,7 +362,10 @@ def test_one_scrape_covers_every_worker(tmp_path: Path, mode: str) -> None:
     log = tmp_path / "server.log"
     base = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "main:app", "--workers", "2", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "uvicorn", "main:app", "--workers", "2", "--port", str(port)),
+            *SERVER_FLAGS,
+        ],
         cwd=ROOT,
         env=server_env(tmp_path, mode),
         stdout=subprocess.DEVNULL,

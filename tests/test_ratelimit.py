@@ -21,7 +21,8 @@ from fastapi import FastAPI
 import redis_backend
 from config import Settings
 from main import create_app
-from ratelimit import REDIS_KEY_PREFIX, TrustedProxies, client_ip, request_category
+from proxies import TrustedProxies, client_ip
+from ratelimit import REDIS_KEY_PREFIX, request_category
 from tests.conftest import (
     PASSWORD,
     TEST_REDIS_URL,
@@ -208,6 +209,19 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(app: FastAPI)
         assert_rate_limited(await direct.get("/posts"), 2)
 
 
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_read": "2/minute"}])
+async def test_forwarded_for_is_believed_from_no_one_by_default(
+    app: FastAPI, settings: Settings
+) -> None:
+    assert settings.forwarded_allow_ips == []
+    async with client_from(app, "127.0.0.1") as local:
+        headers = {"X-Forwarded-For": "198.51.100.1"}
+        assert (await local.get("/posts", headers=headers)).status_code == 200
+        headers = {"X-Forwarded-For": "198.51.100.2"}
+        assert (await local.get("/posts", headers=headers)).status_code == 200
+        assert_rate_limited(await local.get("/posts", headers={"X-Forwarded-For": "x"}), 2)
+
+
 def test_client_ip_rules() -> None:
     def scope(peer: str, *forwarded: str) -> dict[str, Any]:
         headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
@@ -222,9 +236,16 @@ def test_client_ip_rules() -> None:
     # Several header lines are one list, in order.
     assert client_ip(scope("10.1.2.3", "5.5.5.5", "6.6.6.6"), network) == "6.6.6.6"
     assert client_ip(scope("10.1.2.3", "10.2.2.2, 10.3.3.3"), network) == "10.2.2.2"
-    anyone = TrustedProxies(["*"])
-    assert client_ip(scope("8.8.8.8", "5.5.5.5, 6.6.6.6"), anyone) == "5.5.5.5"
+    # `*` and names are not addresses: nobody is believed.
+    for entries in (["*"], ["nginx"], []):
+        nobody = TrustedProxies(entries)
+        assert client_ip(scope("127.0.0.1", "5.5.5.5"), nobody) == "127.0.0.1", entries
     assert client_ip({"headers": []}, local) == "unknown"
+    # A hop that is not an IP address never becomes the client: the walk stops there.
+    assert client_ip(scope("127.0.0.1", "not-an-ip"), local) == "127.0.0.1"
+    assert client_ip(scope("10.1.2.3", "5.5.5.5, not-an-ip, 10.9.9.9"), network) == "10.9.9.9"
+    assert client_ip(scope("10.1.2.3", "<script>, 6.6.6.6"), network) == "6.6.6.6"
+    assert client_ip(scope("10.1.2.3", "6.6.6.6 7.7.7.7"), network) == "10.1.2.3"
 
 
 def test_categories() -> None:

@@ -16,6 +16,12 @@ from types import TracebackType
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_SECRET = "worker-processes-secret-key-0123456789abcdef"
 STARTUP_TIMEOUT = 90.0  # seconds; generous for a loaded CI machine
+# What every start command passes (the Makefile's SERVER_FLAGS; test_hardening checks them all).
+SERVER_FLAGS = (
+    "--no-proxy-headers",
+    "--no-server-header",
+    *("--http", "http_protocol:BoundedHttpToolsProtocol"),
+)
 
 
 def free_port() -> int:
@@ -52,7 +58,7 @@ class WorkerProcesses:
     def start(self) -> None:
         command = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(ROOT)]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--workers", str(self.workers), "--ws-max-size", "65536"]
+        command += ["--workers", str(self.workers), "--ws-max-size", "65536", *SERVER_FLAGS]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as output:
             self.process = subprocess.Popen(
