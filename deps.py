@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Annotated
 
 from fastapi import Depends
@@ -15,7 +17,7 @@ from config import Settings
 from database import Database, get_db
 from errors import InsufficientPermissions, InvalidToken, NotAuthenticated
 from models import User
-from ratelimit import VERIFIED_TOKEN
+from ratelimit import VERIFIED_TOKEN, LoginAccountThrottle
 from security import decode_access_token
 
 SessionDep = Annotated[AsyncSession, Depends(get_db)]
@@ -30,6 +32,17 @@ async def get_settings(connection: HTTPConnection) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+LoginAttempt = Callable[[str], AbstractAsyncContextManager[None]]
+
+
+async def get_login_attempt(connection: HTTPConnection) -> LoginAttempt:
+    """`async with login_attempt(username):` around a login: the per-account throttle."""
+    throttle: LoginAccountThrottle = connection.app.state.login_throttle
+    return partial(throttle.attempt, connection.scope)
+
+
+LoginAttemptDep = Annotated[LoginAttempt, Depends(get_login_attempt)]
 
 
 async def get_database(connection: HTTPConnection) -> Database:

@@ -92,6 +92,15 @@ class PostTitleExists(AppError):
     detail = "A post with this title already exists"
 
 
+class RateLimited(AppError):
+    status_code = 429
+    error_code = "RATE_LIMITED"
+    detail = "Rate limit exceeded"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class PreconditionFailed(AppError):
     status_code = 412
     error_code = "PRECONDITION_FAILED"

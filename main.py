@@ -24,7 +24,7 @@ from observability import ObservabilityMiddleware, record_redis_fallback
 from offline_docs import install_docs
 from openapi_document import BlogAPI
 from proxies import ClientAddressMiddleware
-from ratelimit import RateLimitMiddleware
+from ratelimit import LoginAccountThrottle, RateLimitMiddleware
 from realtime import create_hub
 from redis_backend import RedisBackend
 from routes import auth, comments, health, posts
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.login_throttle = LoginAccountThrottle(settings)
     register_error_handlers(app)
     # A bearer token that is sent but bad is refused on every endpoint, public ones included;
     # operational ones and the docs check it without the database.

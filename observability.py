@@ -167,7 +167,7 @@ WEBSOCKETS = Gauge(
     "Open WebSocket connections (all live workers).",
     multiprocess_mode="livesum",
 )
-for _category in ("read", "write", "login"):
+for _category in ("read", "write", "login", "login_account"):
     RATE_LIMITED.labels(_category)
 
 # (method, route, status) -> (counter child, histogram child); bounded: routes are templates.

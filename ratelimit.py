@@ -18,11 +18,14 @@ and decides when Redis is tried again, so a Redis outage never fails a request.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from config import Settings
-from errors import NotAuthenticated, error_response
+from errors import InvalidCredentials, NotAuthenticated, RateLimited, error_response
 from observability import record_rate_limited
 from redis_backend import RedisBackend
 from security import decode_access_token
@@ -75,6 +78,23 @@ if oldest[2] then
   reset = tonumber(oldest[2]) + window - now
 end
 return {allowed, limit - count, tostring(reset)}
+"""
+
+
+# KEYS[1]: the window; ARGV: window seconds. Returns {requests in the window, seconds until the
+# oldest leaves it}; counts nothing.
+WINDOW_STATE = """
+local window = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reset = 0
+if oldest[2] then
+  reset = tonumber(oldest[2]) + window - now
+end
+return {count, tostring(reset)}
 """
 
 
@@ -276,3 +296,90 @@ class RateLimitMiddleware:
             self._moving_window = backend.client.register_script(MOVING_WINDOW)
             self._redis_backend = backend
         return self._moving_window
+
+
+class LoginAccountThrottle:
+    """Failed logins per username (RATE_LIMIT_LOGIN_ACCOUNT), from any address: the per-IP
+    login limit alone gives every new address ten more guesses at the same account.
+
+    The username is normalised as login matches it (case-insensitively) and counted whether or
+    not the account exists, so the throttle reveals nothing; the key is its hash (a form field
+    has no length limit). Past the limit every login for that username, right password or not,
+    answers 429 `RATE_LIMITED` until the window frees a slot. In Redis when configured (shared
+    by every worker), in process memory otherwise and during an outage."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.rate_limit_enabled
+        self.item = parse(settings.rate_limit_login_account)
+        self.memory_limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._scripts: tuple[RedisBackend, AsyncScript, AsyncScript] | None = None
+        self._members = (f"{os.getpid()}-{os.urandom(4).hex()}-{n}" for n in itertools.count())
+
+    @staticmethod
+    def account_key(username: str) -> str:
+        return hashlib.sha256(username.lower().encode("utf-8", "replace")).hexdigest()[:32]
+
+    @asynccontextmanager
+    async def attempt(self, scope: Scope, username: str) -> AsyncIterator[None]:
+        """Around one login: refuses it when the username is over the limit, and counts it
+        when it fails with InvalidCredentials."""
+        if not self.enabled:
+            yield
+            return
+        key = self.account_key(username)
+        backend = RateLimitMiddleware.redis_backend(scope)
+        count, reset_in = await self._state(backend, key)
+        if count >= self.item.amount:
+            record_rate_limited("login_account")
+            retry_after = max(1, math.ceil(reset_in))
+            raise RateLimited(
+                f"Too many failed logins for this username ({self.item}); "
+                f"retry after {retry_after} seconds",
+                retry_after,
+            )
+        try:
+            yield
+        except InvalidCredentials:
+            await self._count_failure(backend, key)
+            raise
+
+    async def _state(self, backend: RedisBackend | None, key: str) -> tuple[int, float]:
+        async def local() -> tuple[int, float]:
+            stats = await self.memory_limiter.get_window_stats(self.item, "login_account", key)
+            return self.item.amount - stats.remaining, stats.reset_time - time.time()
+
+        if backend is None:
+            return await local()
+        _, state_script, _ = self.scripts(backend)
+
+        async def shared(_client: Redis) -> tuple[int, float]:
+            window = f"{REDIS_KEY_PREFIX}:login_account:{key}"
+            count, reset_in = await backend.run_script(
+                state_script, [window], [self.item.get_expiry()]
+            )
+            return int(count), float(reset_in)
+
+        return await backend.call(COMPONENT, shared, local)
+
+    async def _count_failure(self, backend: RedisBackend | None, key: str) -> None:
+        async def local() -> None:
+            await self.memory_limiter.hit(self.item, "login_account", key)
+
+        if backend is None:
+            await local()
+            return
+        _, _, hit_script = self.scripts(backend)
+
+        async def shared(_client: Redis) -> None:
+            window = f"{REDIS_KEY_PREFIX}:login_account:{key}"
+            args: list[int | str] = [self.item.amount, self.item.get_expiry(), next(self._members)]
+            await backend.run_script(hit_script, [window], args)
+
+        await backend.call(COMPONENT, shared, local)
+
+    def scripts(self, backend: RedisBackend) -> tuple[RedisBackend, AsyncScript, AsyncScript]:
+        if self._scripts is None or self._scripts[0] is not backend:
+            client = backend.client
+            state = client.register_script(WINDOW_STATE)
+            self._scripts = (backend, state, client.register_script(MOVING_WINDOW))
+        return self._scripts

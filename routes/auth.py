@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, status
 
 import crud
-from deps import CurrentUser, SessionDep, SettingsDep
+from deps import CurrentUser, LoginAttemptDep, SessionDep, SettingsDep
 from errors import error_responses
 from openapi_document import SIGN_IN
 from schemas import LoginForm, Token, UserCreate, UserRead
@@ -34,15 +34,24 @@ async def register(data: UserCreate, session: SessionDep) -> object:
     response_model=Token,
     operation_id="login",
     openapi_extra=SIGN_IN,
-    responses=error_responses(401, 413, _401="INVALID_CREDENTIALS (or a bad bearer token)"),
+    responses=error_responses(
+        401,
+        413,
+        429,
+        _401="INVALID_CREDENTIALS (or a bad bearer token)",
+        _429="RATE_LIMITED: too many logins from this address, or too many failed logins for "
+        "this username (RATE_LIMIT_LOGIN_ACCOUNT, from any address); see Retry-After",
+    ),
 )
 async def login(
     form: Annotated[LoginForm, Form()],
     session: SessionDep,
     settings: SettingsDep,
+    login_attempt: LoginAttemptDep,
 ) -> Token:
     """Exchange a username and password for a bearer token (OAuth2 password flow)."""
-    user = await crud.authenticate(session, form.username, form.password)
+    async with login_attempt(form.username):
+        user = await crud.authenticate(session, form.username, form.password)
     token, expires_in = create_access_token(
         user.id, settings.jwt_secret, settings.access_token_expire_minutes
     )

@@ -197,6 +197,7 @@ def settings(
         "rate_limit_read": "100000/minute",
         "rate_limit_write": "100000/minute",
         "rate_limit_login": "100000/minute",
+        "rate_limit_login_account": "100000/hour",
     }
     values.update(settings_overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

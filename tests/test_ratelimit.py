@@ -209,6 +209,56 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(app: FastAPI)
         assert_rate_limited(await direct.get("/posts"), 2)
 
 
+# --- failed logins per account ----------------------------------------------------------------
+
+
+async def try_login(http: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
+    return await http.post("/auth/login", data={"username": username, "password": password})
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_login_account": "3/hour"}])
+async def test_failed_logins_are_limited_per_account_from_any_address(app: FastAPI) -> None:
+    """Each new address brought ten more guesses at the same account; now the username has a
+    budget of its own, counted whether or not it exists."""
+    async with client_from(app, "192.0.2.1") as first:
+        for name in ("alice", "bob"):
+            user = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
+            assert (await first.post("/auth/register", json=user)).status_code == 201
+    for number, name in enumerate(("alice", "ALICE", "Alice")):  # normalised as login matches
+        async with client_from(app, f"198.51.100.{number}") as guesser:
+            response = await try_login(guesser, name, "wrong-password")
+            assert response.status_code == 401, response.text
+            assert response.json()["error_code"] == "INVALID_CREDENTIALS"
+    async with client_from(app, "203.0.113.9") as owner:
+        refused = await try_login(owner, "alice", PASSWORD)  # even the right password
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error_code"] == "RATE_LIMITED"
+        assert "username" in refused.json()["detail"]
+        assert 3500 <= int(refused.headers["Retry-After"]) <= 3600
+        assert (await try_login(owner, "bob", PASSWORD)).status_code == 200  # its own budget
+        # A name no one holds is counted the same way: the throttle reveals nothing.
+        for _ in range(3):
+            assert (await try_login(owner, "nobody_here", "wrong-password")).status_code == 401
+        ghost = await try_login(owner, "nobody_here", "wrong-password")
+        assert ghost.status_code == 429
+        assert ghost.json()["detail"].replace("nobody_here", "alice") == refused.json()[
+            "detail"
+        ].replace("nobody_here", "alice")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_login_account": "2/second"}])
+async def test_only_failures_count_and_the_window_frees_a_slot(client: httpx.AsyncClient) -> None:
+    user = {"username": "carol", "email": "carol@example.com", "password": PASSWORD}
+    assert (await client.post("/auth/register", json=user)).status_code == 201
+    for _ in range(4):
+        assert (await try_login(client, "carol", PASSWORD)).status_code == 200
+    assert (await try_login(client, "carol", "wrong-password")).status_code == 401
+    assert (await try_login(client, "carol", "wrong-password")).status_code == 401
+    assert (await try_login(client, "carol", PASSWORD)).status_code == 429
+    await asyncio.sleep(1.1)
+    assert (await try_login(client, "carol", PASSWORD)).status_code == 200
+
+
 @pytest.mark.parametrize("settings_overrides", [{"rate_limit_read": "2/minute"}])
 async def test_forwarded_for_is_believed_from_no_one_by_default(
     app: FastAPI, settings: Settings
