@@ -18,7 +18,12 @@ from deps import get_optional_user, reject_unsound_token
 from effects import Effects
 from errors import error_responses, register_error_handlers
 from logging_setup import configure_logging
-from middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from middleware import (
+    AllowedHostsMiddleware,
+    BodySizeLimitMiddleware,
+    RequestContextMiddleware,
+    TrailingSlashMiddleware,
+)
 from notifications import Notifier
 from observability import ObservabilityMiddleware, record_redis_fallback
 from offline_docs import install_docs
@@ -122,6 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry would look up the
         # global providers on every request for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Its redirect would be built from the client's Host; TrailingSlashMiddleware instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.login_throttle = LoginAccountThrottle(settings)
@@ -168,6 +175,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     # The one place that decides the client address, before anything reads it.
     app.add_middleware(ClientAddressMiddleware, forwarded_allow_ips=settings.forwarded_allow_ips)
+    app.add_middleware(TrailingSlashMiddleware)
+    if "*" not in settings.allowed_hosts:
+        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     # Outermost, so the 500 that RequestContextMiddleware makes of a crash gets the headers too.
     app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -138,3 +138,55 @@ class BodySizeLimitMiddleware:
 
     def _too_large(self) -> ASGIApp:
         return error_response(413, self._detail(), "PAYLOAD_TOO_LARGE")
+
+
+class TrailingSlashMiddleware:
+    """`/posts/` is answered as `/posts`, directly: Starlette's redirect to the slash-less path
+    is built from the `Host` header, which the client controls (`Host: evil.example` made it
+    `307 Location: http://evil.example/posts`). Routes are declared without trailing slashes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if len(path) > 1 and path[-1] == "/" and scope["type"] in ("http", "websocket"):
+            scope["path"] = path.rstrip("/") or "/"
+            raw_path = scope.get("raw_path")
+            if raw_path:
+                scope["raw_path"] = raw_path.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
+
+
+def host_name(scope: Scope) -> str:
+    """The `Host` header without its port, lower-cased ('' when absent)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            host: str = value.decode("latin-1").strip().lower()
+            if host.startswith("["):  # [IPv6]:port
+                return host.split("]", 1)[0] + "]"
+            return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return ""
+
+
+class AllowedHostsMiddleware:
+    """ALLOWED_HOSTS: a request whose `Host` is not listed gets 400 (a WebSocket handshake is
+    refused). `*.example.com` admits every subdomain of example.com. Like Starlette's
+    TrustedHostMiddleware, without its `www.` redirect (built from Host) and in the envelope."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.exact = frozenset(host for host in allowed_hosts if not host.startswith("*."))
+        self.suffixes = tuple(host[1:] for host in allowed_hosts if host.startswith("*."))
+
+    def allows(self, host: str) -> bool:
+        return host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.allows(host_name(scope)):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "invalid host"})
+            return
+        await error_response(400, "Invalid host header", "BAD_REQUEST")(scope, receive, send)
