@@ -1,4 +1,4 @@
-"""Pure ASGI middleware adding browser security headers to every HTTP response."""
+"""Pure ASGI middleware adding browser security and caching headers to every HTTP response."""
 
 from __future__ import annotations
 
@@ -17,6 +17,31 @@ SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
 )
+
+
+# Never stored by any cache: liveness, readiness and metrics must be fresh; the caller's account.
+NO_STORE_PATHS = frozenset({"/", "/metrics", "/users/me"})
+NO_STORE_PREFIXES = ("/health/",)
+STATIC_PREFIX = "/static/"  # versioned assets: offline_docs sets their own policy
+STORABLE_STATUSES = frozenset({200, 203, 204, 206, 304})
+
+
+def cache_control(path: str, method: str, status: int, authorized: bool) -> str:
+    """What a cache may do with an answer that did not say it itself.
+
+    With a token, the answer is the caller's (`private`; drafts need one). A public read may
+    be stored by a shared cache but must be revalidated each time (`no-cache`; posts carry an
+    ETag), so no one is served a stale read after a write. Everything else, errors and writes
+    included, is not stored."""
+    storable = (
+        method in ("GET", "HEAD")
+        and status in STORABLE_STATUSES
+        and path not in NO_STORE_PATHS
+        and not path.startswith(NO_STORE_PREFIXES)
+    )
+    if authorized:
+        return "private" if storable else "private, no-store"
+    return "public, no-cache" if storable else "no-store"
 
 
 def docs_content_security_policy(script_hashes: Iterable[str] = ()) -> str:
@@ -39,9 +64,13 @@ def docs_content_security_policy(script_hashes: Iterable[str] = ()) -> str:
 
 
 class SecurityHeadersMiddleware:
-    """Sets X-Content-Type-Options, X-Frame-Options, Referrer-Policy and a strict CSP.
+    """Sets X-Content-Type-Options, X-Frame-Options, Referrer-Policy and a strict CSP, drops
+    `server`, and says how the answer may be cached: `Cache-Control` (see cache_control) and
+    `Vary: Authorization` (every route reads the token: a bad one is 401 everywhere, a good one
+    may show drafts), except on the static assets.
 
-    A response that already chose its own Content-Security-Policy (the docs pages) keeps it.
+    A response that already chose its own Content-Security-Policy (the docs pages) or
+    Cache-Control keeps it.
     """
 
     def __init__(
@@ -58,6 +87,15 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
+                path: str = scope["path"]  # read now: TrailingSlashMiddleware may have cut it
+                if not path.startswith(STATIC_PREFIX):
+                    if "cache-control" not in headers:
+                        authorized = any(
+                            name == b"authorization" for name, _ in scope.get("headers", ())
+                        )
+                        policy = cache_control(path, scope["method"], message["status"], authorized)
+                        headers.append("Cache-Control", policy)
+                    headers.add_vary_header("Authorization")
                 for name, value in SECURITY_HEADERS:
                     if name not in headers:
                         headers.append(name, value)  # no replace scan: hot path

@@ -59,3 +59,66 @@ async def test_allowed_hosts(app: FastAPI) -> None:
 
 async def test_any_host_by_default(client: httpx.AsyncClient) -> None:
     assert (await client.get("/posts", headers={"Host": "whatever.example"})).status_code == 200
+
+
+# --- Cache-Control and Vary ----------------------------------------------------------------------
+
+
+def assert_caching(response: httpx.Response, cache_control: str) -> None:
+    assert response.headers.get("cache-control") == cache_control, (
+        str(response.request.url),
+        response.status_code,
+        response.headers.get("cache-control"),
+    )
+    assert "authorization" in response.headers.get("vary", "").lower()
+
+
+async def test_answers_with_a_token_are_private_and_vary_by_it(
+    client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    draft = await create_post(client, user_headers, "My draft", published=False)
+    public = await create_post(client, user_headers, "My post", published=True)
+    for path in (
+        f"/posts/{draft['id']}",
+        f"/posts/{public['id']}",
+        "/posts",
+        "/posts?published=false",
+        f"/posts/{public['id']}/comments",
+    ):
+        response = await client.get(path, headers=user_headers)
+        assert response.status_code == 200, path
+        assert_caching(response, "private")
+    me = await client.get("/users/me", headers=user_headers)
+    assert_caching(me, "private, no-store")
+    created = await create_post_response(client, user_headers)
+    assert_caching(created, "private, no-store")
+    bad = await client.get("/posts", headers={"Authorization": "Bearer nonsense"})
+    assert bad.status_code == 401
+    assert_caching(bad, "private, no-store")
+
+
+async def create_post_response(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> httpx.Response:
+    response = await client.post(
+        "/posts", json={"title": "Cached?", "content": "x"}, headers=headers
+    )
+    assert response.status_code == 201
+    return response
+
+
+async def test_public_reads_say_what_a_shared_cache_may_do(
+    client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    post = await create_post(client, user_headers, "Public post", published=True)
+    for path in (f"/posts/{post['id']}", "/posts", f"/posts/{post['id']}/comments"):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert_caching(response, "public, no-cache")  # store, but revalidate (ETag) each time
+    etag = (await client.get(f"/posts/{post['id']}")).headers["etag"]
+    not_modified = await client.get(f"/posts/{post['id']}", headers={"If-None-Match": etag})
+    assert not_modified.status_code == 304
+    assert_caching(not_modified, "public, no-cache")
+    for path in ("/posts/424242", "/nowhere", "/", "/health/ready", "/metrics"):
+        assert_caching(await client.get(path), "no-store")
+    assert_caching(await client.get("/users/me"), "no-store")  # 401
