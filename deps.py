@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -88,6 +89,22 @@ async def reject_unsound_token(
     must answer while the database is down."""
     if token is not None:
         decode_access_token(token, connection.app.state.settings.jwt_secret)
+
+
+async def check_metrics_access(
+    connection: HTTPConnection,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> None:
+    """With METRICS_TOKEN set, /metrics answers only to `Bearer <METRICS_TOKEN>` (a user's
+    token is not enough); without it, like the other operational endpoints."""
+    expected = connection.app.state.settings.metrics_token
+    if expected is None:
+        await reject_unsound_token(connection, token)
+        return
+    if token is None:
+        raise NotAuthenticated()
+    if not secrets.compare_digest(token.encode(), expected.encode()):
+        raise InvalidToken()
 
 
 async def get_current_user(user: OptionalUser) -> User:

@@ -14,7 +14,7 @@ import crud
 from cache import PostReader, create_post_cache
 from config import Settings, get_settings
 from database import Database
-from deps import get_optional_user, reject_unsound_token
+from deps import check_metrics_access, get_optional_user, reject_unsound_token
 from effects import Effects
 from errors import error_responses, register_error_handlers
 from logging_setup import configure_logging
@@ -136,10 +136,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A bearer token that is sent but bad is refused on every endpoint, public ones included;
     # operational ones and the docs check it without the database.
     check_token_offline = [Depends(reject_unsound_token)]
-    for router in (health.router, metrics_routes.router):
-        app.include_router(
-            router, dependencies=check_token_offline, responses=error_responses(401, 500)
-        )
+    app.include_router(
+        health.router, dependencies=check_token_offline, responses=error_responses(401, 500)
+    )
+    app.include_router(
+        metrics_routes.router,
+        dependencies=[Depends(check_metrics_access)],
+        responses=error_responses(
+            401,
+            500,
+            _401="With METRICS_TOKEN set: the bearer token is missing or not METRICS_TOKEN "
+            "(NOT_AUTHENTICATED, INVALID_TOKEN); without it: a sent but bad token",
+        ),
+    )
     check_token = [Depends(get_optional_user)]
     common = error_responses(400, 401, 422, 429, 500, 503)
     for router in (auth.router, posts.router, comments.router):

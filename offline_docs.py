@@ -3,12 +3,17 @@
 Each docs page carries its own Content-Security-Policy, which SecurityHeadersMiddleware keeps:
 the page's inline script is allowed by its SHA-256 hash, everything else must come from this
 service (see security_headers.docs_content_security_policy).
+
+The pages link the assets with a hash of their content (`swagger-ui-bundle.js?v=<hash>`), so an
+asset URL never changes meaning and is served `immutable` for a year, with an ETag (304 on
+If-None-Match); a new vendored version makes new URLs.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +25,11 @@ from fastapi.openapi.docs import (
     get_swagger_ui_oauth2_redirect_html,
 )
 from fastapi.params import Depends
-from starlette.responses import HTMLResponse
+from starlette.datastructures import Headers
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
-from starlette.staticfiles import StaticFiles
+from starlette.staticfiles import NotModifiedResponse, StaticFiles
+from starlette.types import Scope
 
 from security_headers import docs_content_security_policy
 
@@ -38,6 +45,29 @@ FAVICON = "favicon-32x32.png"
 REDOC_JS = "redoc.standalone.js"
 
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+ASSET_CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+
+class VersionedAssets(StaticFiles):
+    """StaticFiles whose answers may be kept for a year: the pages link them by content hash."""
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = FileResponse(full_path, status_code=status_code, stat_result=stat_result)
+        response.headers["Cache-Control"] = ASSET_CACHE_CONTROL
+        if self.is_not_modified(response.headers, Headers(scope=scope)):
+            return NotModifiedResponse(response.headers)
+        return response
+
+
+def asset_version(name: str) -> str:
+    """A short hash of the asset's content, for its URL."""
+    return hashlib.sha256((DOCS_ASSETS_DIR / name).read_bytes()).hexdigest()[:16]
 
 
 def inline_script_hashes(html: str) -> list[str]:
@@ -79,7 +109,11 @@ def install_docs(app: FastAPI, dependencies: Sequence[Depends] = ()) -> None:
     )
     if not (DOCS_ASSETS_DIR / SWAGGER_JS).is_file() or not (DOCS_ASSETS_DIR / REDOC_JS).is_file():
         raise RuntimeError(f"docs assets missing in {DOCS_ASSETS_DIR}; run `make docs-assets`")
-    app.mount(ASSETS_PATH, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+    app.mount(ASSETS_PATH, VersionedAssets(directory=DOCS_ASSETS_DIR), name="docs-assets")
+    url = {
+        name: f"{ASSETS_PATH}/{name}?v={asset_version(name)}"
+        for name in (SWAGGER_JS, SWAGGER_CSS, FAVICON, REDOC_JS)
+    }
 
     def prefix(request: Request) -> str:
         root_path: str = request.scope.get("root_path", "")
@@ -91,9 +125,9 @@ def install_docs(app: FastAPI, dependencies: Sequence[Depends] = ()) -> None:
             get_swagger_ui_html(
                 openapi_url=root + openapi_url,
                 title=f"{app.title} - Swagger UI",
-                swagger_js_url=f"{root}{ASSETS_PATH}/{SWAGGER_JS}",
-                swagger_css_url=f"{root}{ASSETS_PATH}/{SWAGGER_CSS}",
-                swagger_favicon_url=f"{root}{ASSETS_PATH}/{FAVICON}",
+                swagger_js_url=root + url[SWAGGER_JS],
+                swagger_css_url=root + url[SWAGGER_CSS],
+                swagger_favicon_url=root + url[FAVICON],
                 oauth2_redirect_url=root + OAUTH2_REDIRECT_PATH,
                 init_oauth=app.swagger_ui_init_oauth,
                 swagger_ui_parameters=app.swagger_ui_parameters,
@@ -109,8 +143,8 @@ def install_docs(app: FastAPI, dependencies: Sequence[Depends] = ()) -> None:
             get_redoc_html(
                 openapi_url=root + openapi_url,
                 title=f"{app.title} - ReDoc",
-                redoc_js_url=f"{root}{ASSETS_PATH}/{REDOC_JS}",
-                redoc_favicon_url=f"{root}{ASSETS_PATH}/{FAVICON}",
+                redoc_js_url=root + url[REDOC_JS],
+                redoc_favicon_url=root + url[FAVICON],
                 with_google_fonts=False,
             )
         )

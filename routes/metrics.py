@@ -1,4 +1,5 @@
-"""Prometheus metrics: no auth, never rate-limited, one scrape covers every worker process."""
+"""Prometheus metrics: never rate-limited, one scrape covers every worker process; with
+METRICS_TOKEN set, only for that bearer token (deps.check_metrics_access)."""
 
 from __future__ import annotations
 

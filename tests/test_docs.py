@@ -56,7 +56,8 @@ CHROMIUM_ARGS = [
 
 
 def referenced_assets(html: str) -> list[str]:
-    return ASSET_REFERENCE.findall(html)
+    """The paths of the assets a page links (without their `?v=` version)."""
+    return [url.split("?", 1)[0] for url in ASSET_REFERENCE.findall(html)]
 
 
 def csp_directives(policy: str) -> dict[str, list[str]]:
@@ -106,6 +107,28 @@ async def test_referenced_assets_are_served_with_their_type(
         assert content_type in allowed, (asset, content_type)
         # nosniff makes the browser trust that type, so it has to be right.
         assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+async def test_assets_are_versioned_immutable_and_revalidated_by_etag(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    """The assets were re-sent in full on every visit; now they are linked by content hash,
+    kept for a year, and a revalidation costs a 304."""
+    urls = ASSET_REFERENCE.findall((await client.get(path)).text)
+    assert urls
+    for url in urls:
+        asset_path, _, version = url.partition("?v=")
+        content = (ROOT / asset_path.lstrip("/")).read_bytes()
+        assert version == hashlib.sha256(content).hexdigest()[:16], url
+        response = await client.get(url)
+        assert response.status_code == 200 and response.content == content
+        assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+        etag = response.headers["etag"]
+        again = await client.get(url, headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b""
+        assert again.headers["etag"] == etag
+        assert again.headers["cache-control"] == "public, max-age=31536000, immutable"
 
 
 async def test_swagger_page_loads_the_bundle_and_its_stylesheet(

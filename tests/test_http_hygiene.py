@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import httpx
 import pytest
 from fastapi import FastAPI
 
+import observability
 from tests.conftest import create_post
 
 
@@ -122,3 +125,61 @@ async def test_public_reads_say_what_a_shared_cache_may_do(
     for path in ("/posts/424242", "/nowhere", "/", "/health/ready", "/metrics"):
         assert_caching(await client.get(path), "no-store")
     assert_caching(await client.get("/users/me"), "no-store")  # 401
+
+
+# --- /metrics ------------------------------------------------------------------------------------
+
+METRICS_TOKEN = "metrics-token-for-tests-0123456789"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"metrics_token": METRICS_TOKEN}])
+async def test_metrics_token_is_the_only_key_to_metrics(
+    client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    missing = await client.get("/metrics")
+    assert missing.status_code == 401
+    assert missing.json()["error_code"] == "NOT_AUTHENTICATED"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    for headers in (
+        user_headers,  # a user's valid token is not the metrics token
+        {"Authorization": f"Bearer {METRICS_TOKEN}x"},
+        {"Authorization": f"Bearer {METRICS_TOKEN[:-1]}"},
+        {"Authorization": f"Basic {METRICS_TOKEN}"},
+    ):
+        refused = await client.get("/metrics", headers=headers)
+        assert refused.status_code == 401, headers
+        assert set(refused.json()) == {"detail", "error_code"}
+    allowed = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert allowed.status_code == 200
+    assert "http_requests_total" in allowed.text
+    assert allowed.headers["cache-control"] == "private, no-store"
+
+
+async def test_metrics_without_a_token_configured_stay_open(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/metrics")).status_code == 200
+    bad = await client.get("/metrics", headers={"Authorization": "Bearer not-a-jwt"})
+    assert bad.status_code == 401 and bad.json()["error_code"] == "INVALID_TOKEN"
+
+
+async def test_scrapes_are_cached_for_a_moment(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape merges every worker's files (~25 ms on the reference machine): scraping in a
+    loop now costs one render a second per worker."""
+    monkeypatch.setattr(observability, "_rendered", (-math.inf, b""))
+    renders = []
+    real_render = observability._render
+
+    def counting_render() -> bytes:
+        renders.append(1)
+        return real_render()
+
+    monkeypatch.setattr(observability, "_render", counting_render)
+    first = (await client.get("/metrics")).text
+    for _ in range(5):
+        assert (await client.get("/posts")).status_code == 200
+        assert (await client.get("/metrics")).text == first
+    assert len(renders) == 1
+    monkeypatch.setattr(observability, "SCRAPE_CACHE_SECONDS", 0.0)
+    assert (await client.get("/metrics")).text != first
+    assert len(renders) == 2
