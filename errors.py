@@ -251,6 +251,7 @@ ERROR_DESCRIPTIONS = {
     404: "Not found, or not visible to the caller",
     409: "Conflict",
     412: "PRECONDITION_FAILED: If-Match does not match the current ETag",
+    408: "REQUEST_TIMEOUT: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS",
     413: "PAYLOAD_TOO_LARGE: the body is over 1 MiB",
     422: "VALIDATION_ERROR (detail is a list of {loc, msg, type}), or another 422 code",
     429: "RATE_LIMITED: see Retry-After and the X-RateLimit-* headers",
