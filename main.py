@@ -179,14 +179,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     app.add_middleware(BodySizeLimitMiddleware, timeout=settings.request_body_timeout_seconds)
+    if "*" not in settings.allowed_hosts:
+        # Before any limit is spent; inside the request id, the metrics and the access log.
+        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     # Inside RequestContext (whose request id it logs), outside the rest: 413s and 429s count.
     app.add_middleware(ObservabilityMiddleware)
     app.add_middleware(RequestContextMiddleware)
     # The one place that decides the client address, before anything reads it.
     app.add_middleware(ClientAddressMiddleware, forwarded_allow_ips=settings.forwarded_allow_ips)
     app.add_middleware(TrailingSlashMiddleware)
-    if "*" not in settings.allowed_hosts:
-        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     # Outermost, so the 500 that RequestContextMiddleware makes of a crash gets the headers too.
     app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -57,6 +57,7 @@ async def test_allowed_hosts(app: FastAPI) -> None:
             assert response.status_code == 400, host
             assert response.json() == {"detail": "Invalid host header", "error_code": "BAD_REQUEST"}
             assert response.headers["X-Content-Type-Options"] == "nosniff"
+            assert response.headers["X-Request-ID"]
             assert "location" not in response.headers
 
 

@@ -208,3 +208,17 @@ def test_cors_setting_reads_a_comma_separated_list(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("CORS_ORIGINS", f"{ALLOWED_ORIGIN}, https://other.example.com")
     settings = Settings(_env_file=None, secret_key=TEST_SECRET)
     assert settings.cors_origins == [ALLOWED_ORIGIN, "https://other.example.com"]
+
+
+async def test_no_server_header_even_if_something_sets_one() -> None:
+    """uvicorn's own is off in every start command (test_hardening); the app drops any other."""
+    from starlette.responses import PlainTextResponse
+
+    from security_headers import SecurityHeadersMiddleware
+
+    inner = PlainTextResponse("hi", headers={"Server": "framework/1.0"})
+    transport = httpx.ASGITransport(app=SecurityHeadersMiddleware(inner))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.get("/")
+    assert response.status_code == 200
+    assert "server" not in response.headers
