@@ -31,9 +31,12 @@ def test_every_start_command_passes_the_server_flags() -> None:
     assert declared is not None and declared.group(1).split() == list(SERVER_FLAGS)
     run_target = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
     assert "$(SERVER_FLAGS)" in run_target
+    assert "--ws-max-size 65536" in run_target
     for name in ("Procfile", "docker/start.sh", "scripts/fuzz.sh"):
         text = " ".join((ROOT / name).read_text().replace("\\\n", " ").split())
         assert " ".join(SERVER_FLAGS) in text, name
+        if name != "scripts/fuzz.sh":  # production start commands cap WebSocket frames too
+            assert "--ws-max-size 65536" in text, name
     bench = (ROOT / "bench" / "common.py").read_text()
     assert all(f'"{flag}"' in bench for flag in SERVER_FLAGS)
     for name in ("bench/run.py", "bench/soak.py", "tests/worker_processes.py"):
