@@ -545,3 +545,33 @@ async def test_websocket_handshakes_spend_the_read_limit(live_server: LiveServer
     assert 1 <= int(response.headers["Retry-After"]) <= 60
     body = json.loads(response.body)
     assert body["error_code"] == "RATE_LIMITED"
+
+
+async def test_client_address_and_scheme_come_from_a_trusted_proxy_only() -> None:
+    from proxies import ClientAddressMiddleware
+
+    seen: list[tuple[Any, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["client"], scope["scheme"]))
+
+    middleware = ClientAddressMiddleware(app, ["10.0.0.1"])
+    headers = [(b"x-forwarded-for", b"198.51.100.4"), (b"x-forwarded-proto", b"https")]
+    for peer in ("10.0.0.1", "10.0.0.2"):
+        scope = {"type": "http", "client": (peer, 5), "scheme": "http", "headers": headers}
+        await middleware(scope, None, None)
+    websocket = {"type": "websocket", "client": ("10.0.0.1", 5), "scheme": "ws", "headers": headers}
+    await middleware(websocket, None, None)
+    assert seen == [
+        (("198.51.100.4", 5), "https"),
+        (("10.0.0.2", 5), "http"),  # not a trusted proxy: nothing believed
+        (("198.51.100.4", 5), "wss"),
+    ]
+    # Nobody trusted (the default): the scope is left alone.
+    seen.clear()
+    await ClientAddressMiddleware(app, [])(
+        {"type": "http", "client": ("127.0.0.1", 5), "scheme": "http", "headers": headers},
+        None,
+        None,
+    )
+    assert seen == [(("127.0.0.1", 5), "http")]
