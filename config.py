@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -87,12 +88,14 @@ class Settings(BaseSettings):
     first_admin_password: str | None = None
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
+    database_pooler: Literal["none", "pgbouncer"] = "none"
     forwarded_allow_ips: Annotated[list[str], NoDecode] = []
     allowed_hosts: Annotated[list[str], NoDecode] = ["*"]
     metrics_token: str | None = None
     request_head_timeout_seconds: float = Field(default=10.0, gt=0)
     request_body_timeout_seconds: float = Field(default=30.0, gt=0)
     web_concurrency: int = Field(default=1, ge=1)
+    instance_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
 
     @field_validator("database_url")
     @classmethod

@@ -46,9 +46,28 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
+        connect_args=POOLER_CONNECT_ARGS if settings.database_pooler == "pgbouncer" else {},
     )
     event.listen(engine.sync_engine, "checkout", _drop_closed_connection)
     return engine
+
+
+def _unnamed_statement() -> str:
+    return ""
+
+
+# Behind PgBouncer in transaction mode, consecutive transactions of one connection may run on
+# different server connections, and PgBouncer 1.18 does not carry prepared statements across:
+# a named statement prepared on one is missing on the next (or its name is already taken by
+# another client's). So nothing is prepared by name: asyncpg's statement cache is off, and
+# SQLAlchemy's statements are unnamed and uncached, which asyncpg then parses again in the same
+# message as their execution (Parse, Bind, Execute, Sync), on whichever server connection runs it.
+# The cost: a Parse/Describe round trip per statement more (see the README's benchmark figures).
+POOLER_CONNECT_ARGS: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": _unnamed_statement,
+}
 
 
 def _drop_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

@@ -201,8 +201,8 @@ def log_output() -> Iterator[Any]:
     saved_disabled = logging.getLogger("uvicorn.access").disabled
     buffer = io.StringIO()
 
-    def configure(log_format: str) -> io.StringIO:
-        configure_logging("INFO", log_format)
+    def configure(log_format: str, instance: str | None = None) -> io.StringIO:
+        configure_logging("INFO", log_format, instance)
         [handler] = root.handlers
         assert isinstance(handler, logging.StreamHandler)
         handler.setStream(buffer)  # instead of stderr
@@ -280,6 +280,23 @@ async def test_access_log_in_text_format_is_for_people(
     [line] = [line for line in buffer.getvalue().splitlines() if "blog.access" in line]
     assert "[text-format-1]" in line and "GET / 200" in line and line.endswith("ms")
     assert not line.startswith("{")
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+async def test_every_log_line_names_its_instance(
+    client: httpx.AsyncClient, log_output: Any, log_format: str
+) -> None:
+    """INSTANCE_ID (default: the host name) is in every line, so the logs of several
+    instances behind a load balancer can be told apart once collected."""
+    buffer = log_output(log_format, "api-2")
+    assert (await client.get("/")).status_code == 200
+    logging.getLogger("blog.other").warning("something else")
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) >= 2
+    if log_format == "json":
+        assert {json.loads(line)["instance"] for line in lines} == {"api-2"}
+    else:
+        assert all(" api-2 " in line for line in lines)
 
 
 # --- multiprocess bookkeeping --------------------------------------------------------------------
