@@ -36,8 +36,11 @@ from routes import auth, comments, health, posts
 from routes import metrics as metrics_routes
 from routes import realtime as realtime_routes
 from security_headers import SecurityHeadersMiddleware
+from shutdown import run_before_server_shutdown
 
 logger = logging.getLogger("blog")
+
+GOODBYE_SECONDS = 2.0  # at a shutdown, how long WebSocket clients get to answer the 1001
 
 DESCRIPTION = """
 A blog backend: users, posts, comments and live updates.
@@ -79,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis.fallback_listeners.append(record_redis_fallback)
     app.state.hub = create_hub(app.state.redis)
     await app.state.hub.start()
+    restore_signals = run_before_server_shutdown(app.state.hub.say_goodbye, GOODBYE_SECONDS)
     app.state.notifier = Notifier(settings)
     cache = create_post_cache(
         app.state.redis, settings.cache_ttl_seconds, settings.cache_max_entries
@@ -104,6 +108,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         gc.unfreeze()
+        restore_signals()
         await app.state.hub.stop()
         await app.state.notifier.drain(settings.smtp_timeout_seconds)
         if app.state.redis is not None:

@@ -29,6 +29,7 @@ SEND_QUEUE_SIZE = 64
 MESSAGES_PER_SECOND = 5
 MAX_MESSAGE_CHARS = 1000
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 
@@ -99,17 +100,31 @@ class LocalHub:
 
     def __init__(self) -> None:
         self.sockets: dict[int, set[LiveSocket]] = {}
+        self.going_away = False
+        self._emptied = asyncio.Event()
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
+        self.going_away = True
         for sockets in list(self.sockets.values()):
             for socket in list(sockets):
-                socket.close_soon(1001, "server shutting down")
+                socket.close_soon(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def say_goodbye(self) -> None:
+        """At the start of a graceful shutdown: close every socket with 1001 (going away), so
+        clients reconnect to another instance, and wait until they have all answered the close
+        (the server would otherwise close them with 1012 itself). The caller bounds the wait."""
+        await self.stop()
+        if self.sockets:
+            self._emptied.clear()
+            await self._emptied.wait()
 
     def add(self, socket: LiveSocket) -> None:
         self.sockets.setdefault(socket.post_id, set()).add(socket)
+        if self.going_away:
+            socket.close_soon(CLOSE_GOING_AWAY, "server shutting down")
 
     def remove(self, socket: LiveSocket) -> None:
         sockets = self.sockets.get(socket.post_id)
@@ -117,6 +132,8 @@ class LocalHub:
             sockets.discard(socket)
             if not sockets:
                 del self.sockets[socket.post_id]
+        if not self.sockets:
+            self._emptied.set()
 
     async def publish(self, post_id: int, event: dict[str, Any]) -> None:
         """Deliver an event to every socket on the post, in every process this hub reaches."""

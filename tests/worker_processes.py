@@ -38,9 +38,15 @@ class WorkerProcesses:
     (no stray `.env`), with `env` on top of the test's environment; output goes to `log`."""
 
     def __init__(
-        self, env: dict[str, str], log: Path, workers: int = 2, port: int | None = None
+        self,
+        env: dict[str, str],
+        log: Path,
+        workers: int = 2,
+        port: int | None = None,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.workers = workers
+        self.options = options
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -59,6 +65,7 @@ class WorkerProcesses:
         command = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(ROOT)]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--workers", str(self.workers), "--ws-max-size", "65536", *SERVER_FLAGS]
+        command += self.options
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as output:
             self.process = subprocess.Popen(
