@@ -109,7 +109,8 @@ async def test_sigterm_closes_sockets_with_1001_finishes_requests_and_exits_0(
         assert "Traceback" not in log
     # The write acknowledged during the shutdown is there after it.
     with server:
-        titles = [post["title"] for post in httpx.get(f"{server.url}/posts").json()]
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            titles = [post["title"] for post in (await client.get("/posts")).json()]
         assert "In flight" in titles
 
 
