@@ -99,6 +99,19 @@ profile: install  ## ~5 minutes; PROFILE_ARGS="--only by_id_off --rounds 1" for 
 soak: dev  ## exit 1 on any 5xx or RSS growth >= 10 %; SOAK_ARGS="--duration 20" for a quick check
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
+# Several machines on loopback (tests/test_scale.py): PostgreSQL behind PgBouncer (transaction
+# mode), Redis, two instances of two workers behind nginx (deploy/nginx.conf); the cross-instance
+# guarantees, then a rolling restart under load with its figures. Uses TEST_DATABASE_URL (its
+# schema is reset) and TEST_REDIS_URL (flushed), like `make test`; nginx and pgbouncer run as
+# private processes, installed with apt-get when missing.
+.PHONY: scale-test
+scale-test: dev  ## about 2 minutes
+	@for program in nginx pgbouncer; do \
+		command -v $$program >/dev/null 2>&1 || [ -x /usr/sbin/$$program ] || missing="$$missing $$program"; \
+	done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq $$missing >/dev/null; fi
+	SCALE_TEST=1 $(BIN)/python -m pytest tests/test_scale.py -s -q -p no:logging $(PYTEST_ARGS)
+
 # Schemathesis with every check against a real server on a free loopback port and a throw-away
 # SQLite database, anonymous and signed in (scripts/fuzz.sh); bounded to ~5 minutes.
 .PHONY: fuzz

@@ -139,10 +139,14 @@ class PrivatePgBouncer:
         self.stop()
 
 
+NGINX_ADDRESS = "127.0.0.2"  # nginx connects to the instances from here (FORWARDED_ALLOW_IPS)
+
+
 def rendered_nginx_conf(listen_port: int, upstreams: list[str], directory: Path) -> str:
     """deploy/nginx.conf as shipped, pointed at loopback: listening on `listen_port`, the
     instances in `upstreams` (`127.0.0.1:PORT`, optionally followed by ` down`), logs and temp
-    files in `directory`."""
+    files in `directory`, and connecting to the instances from NGINX_ADDRESS, an address of its
+    own (on loopback everyone else is 127.0.0.1 too)."""
     text = NGINX_CONF.read_text()
     servers = "".join(f"        server {upstream};\n" for upstream in upstreams)
     text, count = re.subn(
@@ -152,7 +156,9 @@ def rendered_nginx_conf(listen_port: int, upstreams: list[str], directory: Path)
         flags=re.S,
     )
     assert count == 1, "deploy/nginx.conf lost its instance markers"
-    text, count = re.subn(r"listen 80;", f"listen 127.0.0.1:{listen_port};", text)
+    text, count = re.subn(
+        r"listen 80;", f"listen 127.0.0.1:{listen_port};\n        proxy_bind {NGINX_ADDRESS};", text
+    )
     assert count == 1, "deploy/nginx.conf lost its `listen 80;`"
     text = text.replace("/dev/stdout", str(directory / "access.log"))
     text = text.replace("/dev/stderr", str(directory / "error.log"))
