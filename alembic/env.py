@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import context
 from config import Settings, normalize_database_url
+from database import POOLER_CONNECT_ARGS
 from models import Base
 
 config = context.config
@@ -57,7 +58,12 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def run_async_migrations() -> None:
-    engine = create_async_engine(database_url(), poolclass=pool.NullPool)
+    pooled = Settings().database_pooler == "pgbouncer"  # through PgBouncer: nothing named
+    engine = create_async_engine(
+        database_url(),
+        poolclass=pool.NullPool,
+        connect_args=POOLER_CONNECT_ARGS if pooled else {},
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(do_run_migrations)

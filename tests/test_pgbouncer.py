@@ -52,8 +52,7 @@ SESSION_STATE = re.compile(
 
 @pytest.fixture
 def logged_postgres(private_postgres_server: PrivatePostgres) -> Iterator[PrivatePostgres]:
-    """The private server, migrated, logging every statement and every named prepare."""
-    alembic_upgrade(normalize_database_url(private_postgres_server.url))
+    """The private server, logging every statement and every named prepare."""
 
     async def log_everything() -> None:
         connection = await asyncpg.connect(private_postgres_server.url)
@@ -78,7 +77,14 @@ def pgbouncer(logged_postgres: PrivatePostgres) -> Iterator[PrivatePgBouncer]:
 
 
 @pytest.fixture
-async def pooled_app(pgbouncer: PrivatePgBouncer) -> AsyncIterator[FastAPI]:
+def migrated(pgbouncer: PrivatePgBouncer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migrations run through PgBouncer too (`manage.py migrate` with the same settings)."""
+    monkeypatch.setenv("DATABASE_POOLER", "pgbouncer")
+    alembic_upgrade(normalize_database_url(pgbouncer.url()))
+
+
+@pytest.fixture
+async def pooled_app(pgbouncer: PrivatePgBouncer, migrated: None) -> AsyncIterator[FastAPI]:
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=pgbouncer.url(),
