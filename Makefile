@@ -78,13 +78,29 @@ clean:
 # Performance: the service beside a bare FastAPI floor and a Starlette ceiling (bench/run.py);
 # the targets are ratios to the floor. Needs the local PostgreSQL and Redis, wrk and hey
 # (Debian packages, installed with apt-get when missing and root).
-.PHONY: bench bench-quick profile soak
+.PHONY: bench bench-quick bench-pgbouncer profile soak
 BENCH_ARGS ?=
 PROFILE_ARGS ?=
 SOAK_ARGS ?=
+# Debian's nginx and pgbouncer, run as private loopback processes (RUNLEVEL=1: their system
+# services are not started by the install).
+INSTALL_LOOPBACK_TOOLS = for program in nginx pgbouncer; do \
+		command -v $$program >/dev/null 2>&1 || [ -x /usr/sbin/$$program ] || missing="$$missing $$program"; \
+	done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq $$missing >/dev/null; fi
 
-bench: install  ## ~10 s per run; (re)seeds the blog_bench database when needed; BENCH_ARGS=--reseed
+bench: install loopback-tools  ## ~10 s per run; (re)seeds blog_bench when needed; BENCH_ARGS=--reseed
 	$(BIN)/python bench/run.py --duration 10 $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-pgbouncer
+
+# What DATABASE_POOLER=pgbouncer costs: the service through PgBouncer in transaction mode on the
+# workloads that are a round trip or two (the rest cost the same on top of these).
+bench-pgbouncer: install loopback-tools
+	$(BIN)/python bench/run.py --duration 10 --pgbouncer --only by_id_off,first_page,create $(BENCH_ARGS)
+
+.PHONY: loopback-tools
+loopback-tools:
+	@$(INSTALL_LOOPBACK_TOOLS)
 
 bench-quick: install  ## the regression check: the same workloads at ~3 s per run
 	$(BIN)/python bench/run.py --duration 3 $(BENCH_ARGS)
@@ -105,11 +121,7 @@ soak: dev  ## exit 1 on any 5xx or RSS growth >= 10 %; SOAK_ARGS="--duration 20"
 # schema is reset) and TEST_REDIS_URL (flushed), like `make test`; nginx and pgbouncer run as
 # private processes, installed with apt-get when missing.
 .PHONY: scale-test
-scale-test: dev  ## about 2 minutes
-	@for program in nginx pgbouncer; do \
-		command -v $$program >/dev/null 2>&1 || [ -x /usr/sbin/$$program ] || missing="$$missing $$program"; \
-	done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq $$missing >/dev/null; fi
+scale-test: dev loopback-tools  ## about 2 minutes
 	SCALE_TEST=1 $(BIN)/python -m pytest tests/test_scale.py -s -q -p no:logging $(PYTEST_ARGS)
 
 # Schemathesis with every check against a real server on a free loopback port and a throw-away

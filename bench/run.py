@@ -133,6 +133,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "summaries in the report, collapsed stacks in bench/results/ (py-spy on PATH)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="the service through a private PgBouncer in transaction mode (Debian's pgbouncer)\n"
+        "with DATABASE_POOLER=pgbouncer; the floor and the ceiling stay on PostgreSQL directly",
+    )
     args = parser.parse_args(argv)
     if args.warmup is None:
         args.warmup = max(1, round(args.duration / 5))
@@ -417,6 +423,7 @@ class Bench:
         only = {key.strip() for key in args.only.split(",") if key.strip()}
         self.only = only
         self.workloads: list[Workload] = []
+        self.pgbouncer: Any = None  # tests/loopback.PrivatePgBouncer with --pgbouncer
 
     # -- environment ---------------------------------------------------------------------------
 
@@ -576,7 +583,10 @@ class Bench:
             *("-m", "uvicorn", "main:app", "--host", HOST, "--port", str(self.ports["service"])),
             *("--workers", "1", "--no-access-log", *SERVER_FLAGS),
         ]
-        service = Server("service", command, self.service_env(cache_ttl), RESULTS / "service.log")
+        env = self.service_env(cache_ttl)
+        if self.pgbouncer is not None:
+            env.update(DATABASE_URL=self.pgbouncer.url(), DATABASE_POOLER="pgbouncer")
+        service = Server("service", command, env, RESULTS / "service.log")
         self.servers.append(service)
         self.service = service
         service.wait_ready("/health/ready")
@@ -585,6 +595,16 @@ class Bench:
             f"CACHE_TTL_SECONDS={cache_ttl}"
         )
         return service
+
+    def start_pgbouncer(self) -> None:
+        """PgBouncer as `make scale-test` runs it, with as many server connections as the
+        service's pool, so that only its own cost shows (a hop, and no prepared statements)."""
+        sys.path.insert(0, str(ROOT / "tests"))
+        from loopback import PrivatePgBouncer
+
+        self.pgbouncer = PrivatePgBouncer(self.dsn, free_port(), pool_size=20)
+        self.pgbouncer.start()
+        log(f"pgbouncer: transaction mode on {self.pgbouncer.url()}")
 
     def stop_service(self) -> None:
         if self.service is not None:
@@ -875,6 +895,8 @@ class Bench:
         by_key = {w.key: w for w in self.workloads}
         for name in ("floor", "ceiling"):
             self.start_reference(name)
+        if args.pgbouncer:
+            self.start_pgbouncer()
 
         if self.wanted("by_id_off") or self.wanted("open_loop"):
             self.start_service(cache_ttl=0)
@@ -944,6 +966,8 @@ class Bench:
         for server in reversed(self.servers):
             with suppress(Exception):
                 server.stop()
+        if self.pgbouncer is not None:
+            self.pgbouncer.stop()
 
     # -- report ----------------------------------------------------------------------------------
 
@@ -1055,6 +1079,14 @@ class Bench:
             "ENVIRONMENT=production, PostgreSQL, Redis cache/rate limits/fan-out, rate limits "
             f"on at {RATE_LIMIT} (never triggered), JSON logs with the access log (INFO) to "
             "bench/results/service.log, CACHE_TTL_SECONDS 0 for 'cache off', 300 otherwise",
+            *(
+                [
+                    "- service through PgBouncer 1.18 (transaction mode, 20 server connections) "
+                    "with DATABASE_POOLER=pgbouncer: no statement is prepared by name"
+                ]
+                if args.pgbouncer
+                else []
+            ),
             "- floor: `bench/floor.py`, FastAPI routes (typed path/query parameters, a pydantic "
             "body and a JWT-verifying bearer dependency for create) + asyncpg pool + orjson "
             "bytes, the ceiling's SQL; no middleware, logging, metrics, rate limits or cache",
