@@ -27,6 +27,10 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	@touch $@ $(VENV)/.installed
 
+$(VENV)/.load-installed: requirements.txt requirements-dev.txt requirements-load.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-load.txt
+	@touch $@ $(VENV)/.dev-installed $(VENV)/.installed
+
 install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
 
@@ -121,7 +125,7 @@ soak: dev  ## exit 1 on any 5xx or RSS growth >= 10 %; SOAK_ARGS="--duration 20"
 # schema is reset) and TEST_REDIS_URL (flushed), like `make test`; nginx and pgbouncer run as
 # private processes, installed with apt-get when missing.
 .PHONY: scale-test
-scale-test: dev loopback-tools  ## about 2 minutes
+scale-test: $(VENV)/.load-installed loopback-tools  ## about 2 minutes; the load is Locust
 	SCALE_TEST=1 $(BIN)/python -m pytest tests/test_scale.py -s -q -p no:logging $(PYTEST_ARGS)
 
 # Schemathesis with every check against a real server on a free loopback port and a throw-away
