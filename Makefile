@@ -115,8 +115,8 @@ profile: install  ## ~5 minutes; PROFILE_ARGS="--only by_id_off --rounds 1" for 
 	$(BIN)/python bench/layers.py $(PROFILE_ARGS)
 
 # Soak: 5 minutes of mixed HTTP + WebSocket traffic against two workers on a scratch PostgreSQL
-# database and Redis db 6 (bench/soak.py); dev: the load generator uses httpx.
-soak: dev  ## exit 1 on any 5xx or RSS growth >= 10 %; SOAK_ARGS="--duration 20" for a quick check
+# database and Redis db 6 (bench/soak.py); the load is Locust's (bench/locustfile.py).
+soak: $(VENV)/.load-installed  ## exit 1 on any 5xx or RSS growth >= 10 %; SOAK_ARGS="--duration 20" for a quick check
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # Several machines on loopback (tests/test_scale.py): PostgreSQL behind PgBouncer (transaction

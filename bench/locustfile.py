@@ -12,9 +12,10 @@ percentiles; what is ours is what the calls check, beyond their status:
 
 A call answering 5xx, or a status it cannot legitimately answer, is a Locust failure. The caller
 (bench/soak.py, tests/test_scale.py) prepares the accounts and the watched posts and passes them
-in a JSON file (LOAD_SETUP: `{"accounts": [{"username", "token"}], "watched": [post ids],
-"readable": [post ids]}`); at the end this file writes the checks' figures to LOAD_REPORT (JSON)
-and the exit status is 1 on any failure or failed check.
+in a JSON file, LOAD_SETUP: `{"accounts": [{"username", "token"}], "watched": [post ids],
+"watched_titles": [their titles], "readable": [post ids never deleted]}`. At the end this file
+writes the checks' figures to LOAD_REPORT (JSON), and the exit status is 1 on any failure or
+failed check.
 
     locust -f bench/locustfile.py --headless --users 20 --spawn-rate 20 --run-time 60s \\
         --host http://127.0.0.1:8000 BlogUser LiveUser
@@ -26,6 +27,7 @@ import itertools
 import json
 import os
 import random
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -38,6 +40,8 @@ from locust import FastHttpUser, User, between, events, task
 from locust.env import Environment
 
 DELIVERY_MARGIN = 1.0  # seconds a socket must stay open after a comment's answer to expect it
+SEARCH_WORDS = ("python", "database", "async", "testing", "nothing-matches-this")
+NEXT_LINK = re.compile(r'<([^>]+)>;\s*rel="next"')
 SOCKET_LIFETIME = (20.0, 60.0)  # a live client reconnects after this long, as browsers come and go
 
 
@@ -159,6 +163,7 @@ class BlogUser(FastHttpUser):
         account = setup["accounts"][next(accounts) % len(setup["accounts"])]
         self.auth = {"Authorization": f"Bearer {account['token']}"}
         self.mine: list[int] = []
+        self.etags: dict[int, str] = {}
 
     def expect(self, name: str, response: Any, *statuses: int) -> bool:
         """Locust's success or failure for this answer: 5xx and unexpected statuses fail."""
@@ -182,8 +187,87 @@ class BlogUser(FastHttpUser):
         if not candidates:
             return
         post_id = random.choice(candidates)
-        with self.client.get(f"/posts/{post_id}", name="read", catch_response=True) as response:
-            self.expect("read", response, 200)
+        headers = {}
+        etag = self.etags.get(post_id)
+        if etag and random.random() < 0.5:
+            headers["If-None-Match"] = etag
+        with self.client.get(
+            f"/posts/{post_id}", headers=headers, name="read", catch_response=True
+        ) as response:
+            fresh = self.expect("read", response, 200, 304) and response.status_code == 200
+            if fresh and len(self.etags) < 200:
+                self.etags[post_id] = response.headers.get("ETag", "")
+
+    @task(3)
+    def list_filtered(self) -> None:
+        params = random.choice(
+            [
+                {"author": random.choice(setup["accounts"])["username"]},
+                {"q": random.choice(SEARCH_WORDS)},
+                {"sort": "title", "limit": "20"},
+                {"sort": "-updated_at"},
+                {"count": "true", "limit": "5"},
+                {"skip": str(random.randint(0, 200)), "limit": "10"},
+            ]
+        )
+        with self.client.get(
+            "/posts", params=params, name="list (filters)", catch_response=True
+        ) as response:
+            self.expect("list (filters)", response, 200)
+
+    @task(2)
+    def list_next_pages(self) -> None:
+        """A listing followed through its `Link: rel="next"` cursors."""
+        sort = random.choice(["-created_at", "created_at", "title"])
+        path = f"/posts?limit=10&sort={sort}"
+        for _ in range(random.randint(2, 4)):
+            with self.client.get(path, name="list (cursor)", catch_response=True) as response:
+                if not self.expect("list (cursor)", response, 200):
+                    return
+                match = NEXT_LINK.search(response.headers.get("Link", ""))
+            if match is None:
+                return
+            path = match.group(1)
+
+    @task(2)
+    def list_comments(self) -> None:
+        candidates = setup["readable"] or self.mine
+        if not candidates:
+            return
+        post_id = random.choice(candidates)
+        with self.client.get(
+            f"/posts/{post_id}/comments?limit=10", name="comments", catch_response=True
+        ) as response:
+            self.expect("comments", response, 200)
+
+    @task(1)
+    def read_me(self) -> None:
+        with self.client.get(
+            "/users/me", headers=self.auth, name="me", catch_response=True
+        ) as response:
+            self.expect("me", response, 200)
+
+    @task(1)
+    def taken_title(self) -> None:
+        """A client error the service must answer as one: a title taken (case-insensitively)."""
+        if not setup.get("watched_titles"):
+            return
+        title = random.choice(setup["watched_titles"]).upper()
+        with self.client.post(
+            "/posts",
+            json={"title": title, "content": "a clash"},
+            headers=self.auth,
+            name="create (taken title)",
+            catch_response=True,
+        ) as response:
+            self.expect("create (taken title)", response, 409)
+
+    @task(1)
+    def bad_cursor(self) -> None:
+        with self.client.get(
+            "/posts?cursor=x!", name="list (bad cursor)", catch_response=True
+        ) as response:
+            self.expect("list (bad cursor)", response, 422)
 
     @task(3)
     def create_post(self) -> None:

@@ -8,14 +8,17 @@ What it does, all on 127.0.0.1 and bounded in time and concurrency:
 2. `uvicorn main:app --workers 2` on a free port with production settings: ENVIRONMENT=production,
    a random 48-char SECRET_KEY, Redis for the cache, rate limits and fan-out, rate limits on but
    far above the load, JSON logs to bench/results/soak-<time>.log;
-3. one asyncio process: 32 virtual users (httpx; a quarter open a fresh connection per request,
-   the others recycle theirs now and then, so both workers serve) listing, reading, writing,
-   editing, commenting and deleting, 6 WebSocket clients on the "hot" posts that get comments and
-   edits, reconnecting every 20-60 s, and a monitor polling /health/ready and /metrics;
+3. the load from Locust, headless, in a process of its own (bench/locustfile.py): 32 virtual
+   users listing (filters, cursors), reading (with ETags), writing with idempotency keys,
+   editing with If-Match, commenting and deleting, and 6 WebSocket clients on the "hot" posts
+   that get comments, reconnecting every 20-60 s; our own checks are its tasks and listeners
+   (fresh reads after writes, identical replays, no missed live events); meanwhile this script
+   polls /health/ready and /metrics as an orchestrator would;
 4. each worker's VmRSS after the warm-up ("start"), every 10 s, and at the end;
-5. a report, printed and saved to bench/results/soak-<time>.txt. Exit status 1 on any 5xx, any
-   status a call cannot legitimately answer, a transport error, a stale read after a write, a
-   lost WebSocket event, a worker restart, or RSS growth of 10 % or more.
+5. a report (Locust's figures per call, ours, the workers' memory), printed and saved to
+   bench/results/soak-<time>.txt. Exit status 1 on any 5xx, any status a call cannot
+   legitimately answer, a transport error, a stale read after a write, a lost WebSocket event,
+   a worker restart, or RSS growth of 10 % or more.
 
 The server is stopped, the scratch database dropped and the Redis database flushed at the end,
 also after Ctrl-C or a failure. Run with the project's venv:
@@ -25,20 +28,19 @@ also after Ctrl-C or a failure. Run with the project's venv:
 from __future__ import annotations
 
 import argparse
-import asyncio
+import csv
 import fcntl
 import json
 import math
 import os
-import random
 import re
-import resource
 import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ from typing import Any
 import asyncpg
 import httpx
 from common import (
+    BENCH,
     HOST,
     RESULTS,
     ROOT,
@@ -74,8 +77,6 @@ from common import (
     start_in_session,
     stop_process_group,
 )
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 PASSWORD = "soak-password"
 # Far above what two workers serve, so they never trigger, but every request is counted; a
@@ -84,19 +85,12 @@ RATE_LIMIT = "2000/second"
 HOT_POSTS = 4
 STARTUP_TIMEOUT = 90.0
 REQUEST_TIMEOUT = 30.0
+LOCUSTFILE = BENCH / "locustfile.py"
 SAMPLE_EVERY = 10.0  # seconds between RSS samples and worker checks
 READY_EVERY = 5.0  # seconds between readiness polls, as an orchestrator would
 METRICS_EVERY = 15.0  # seconds between /metrics scrapes, as Prometheus would
-# A comment must be answered this long before a socket closes to count as "must have arrived".
-DELIVERY_MARGIN = 10.0
-PROBLEM_EXAMPLES = 3  # examples kept per kind of problem (call and status, say)
-SEARCH_WORDS = ("python", "database", "async", "testing", "nothing-matches-this")
-OWN_POSTS_KEPT = 12  # per virtual user; older ones are deleted, which bounds the data
-OWN_COMMENTS_KEPT = 12
 
 EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
-OK = frozenset({200})
-MAYBE_GONE = frozenset({200, 404})  # a post another request may have deleted
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -110,7 +104,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--users", type=int, default=32, help="concurrent virtual users (HTTP)")
     parser.add_argument("--ws-clients", type=int, default=6, help="concurrent WebSocket clients")
-    parser.add_argument("--think-ms", type=float, default=20.0, help="mean pause between calls")
     parser.add_argument("--accounts", type=int, default=8, help="seeded users the traffic uses")
     parser.add_argument("--posts", type=int, default=300, help="seeded posts")
     parser.add_argument("--workers", type=int, default=2)
@@ -118,7 +111,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pg", default="postgresql://root@127.0.0.1:5432", help="server URL")
     parser.add_argument("--db", default="blog_soak", help="scratch database (dropped)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/6", help="flushed (FLUSHDB)")
-    parser.add_argument("--seed", type=int, default=1, help="random seed of the traffic")
     args = parser.parse_args(argv)
     if args.warmup is None:
         args.warmup = min(20, args.duration // 4)
@@ -183,559 +175,7 @@ class Service:
         stop_process_group(self.process, grace=20, kill_wait=10)
 
 
-# --- what the traffic records --------------------------------------------------------------------
-
-
-@dataclass
-class CallStats:
-    """The answers to one kind of call."""
-
-    statuses: Counter[int] = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
-
-
-@dataclass
-class LiveSession:
-    """One WebSocket connection: when it was open and which comment events it got."""
-
-    post_id: int
-    opened: float
-    closed: float = math.inf
-    comment_ids: set[int] = field(default_factory=set)
-
-
-@dataclass
-class HotComment:
-    """A comment written on a hot post: when its request started and was answered."""
-
-    post_id: int
-    comment_id: int
-    started: float
-    answered: float
-
-
-@dataclass
-class Recorder:
-    """Everything the traffic saw, shared by every task of the load generator."""
-
-    calls: dict[str, CallStats] = field(default_factory=dict)
-    unexpected: Counter[str] = field(default_factory=Counter)
-    transport_errors: Counter[str] = field(default_factory=Counter)
-    problems: list[str] = field(default_factory=list)  # the first few of each kind
-    problem_kinds: Counter[str] = field(default_factory=Counter)
-    stale_reads: int = 0
-    fresh_checks: int = 0
-    replays: int = 0
-    replay_mismatches: int = 0
-    hot_comments: list[HotComment] = field(default_factory=list)
-    live_sessions: list[LiveSession] = field(default_factory=list)
-    live_events: Counter[str] = field(default_factory=Counter)
-    live_failures: Counter[str] = field(default_factory=Counter)
-
-    def record(
-        self, call: str, response: httpx.Response, seconds: float, expected: frozenset[int]
-    ) -> None:
-        stats = self.calls.setdefault(call, CallStats())
-        stats.statuses[response.status_code] += 1
-        stats.latencies_ms.append(1000 * seconds)
-        if response.status_code not in expected:
-            self.unexpected[call] += 1
-            request_id = response.headers.get("x-request-id", "?")
-            self.problem(
-                f"{call} {response.status_code}",
-                f"{call}: {response.request.method} {response.request.url.raw_path.decode()} -> "
-                f"{response.status_code} {response.text[:200]!r} (X-Request-ID {request_id})",
-            )
-
-    def transport_error(self, call: str, exc: Exception) -> None:
-        self.transport_errors[call] += 1
-        self.problem(f"{call} {type(exc).__name__}", f"{call}: {type(exc).__name__}: {exc}")
-
-    def problem(self, kind: str, text: str) -> None:
-        """Keep a few examples of each kind of problem for the report."""
-        self.problem_kinds[kind] += 1
-        if self.problem_kinds[kind] <= PROBLEM_EXAMPLES:
-            self.problems.append(text)
-
-    def all_latencies(self) -> list[float]:
-        return sorted(ms for stats in self.calls.values() for ms in stats.latencies_ms)
-
-    def statuses(self) -> Counter[int]:
-        total: Counter[int] = Counter()
-        for stats in self.calls.values():
-            total.update(stats.statuses)
-        return total
-
-    def missed_comment_events(self) -> tuple[int, int]:
-        """(expected, missed): comments a socket on their post was open for, start to answer."""
-        by_post: dict[int, list[HotComment]] = {}
-        for comment in self.hot_comments:
-            by_post.setdefault(comment.post_id, []).append(comment)
-        expected = missed = 0
-        for session in self.live_sessions:
-            for comment in by_post.get(session.post_id, ()):
-                if session.opened <= comment.started and comment.answered <= (
-                    session.closed - DELIVERY_MARGIN
-                ):
-                    expected += 1
-                    if comment.comment_id not in session.comment_ids:
-                        missed += 1
-        return expected, missed
-
-
-def percentile(sorted_values: list[float], share: float) -> float:
-    """The nearest-rank percentile of values already sorted (NaN for none)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(share * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-# --- the load generator --------------------------------------------------------------------------
-
-
-@dataclass
-class Account:
-    """A seeded user the traffic signs in as."""
-
-    username: str
-    token: str
-
-
-@dataclass
-class World:
-    """What the virtual users share: the service, the accounts and the posts they know."""
-
-    base_url: str
-    ws_url: str
-    accounts: list[Account]
-    seeded_ids: list[int]  # published seeded posts: never deleted during the run
-    hot_ids: list[int]  # written by accounts[0], watched by the WebSocket clients
-    hot_titles: list[str]
-    deadline: float
-    think_seconds: float  # the mean pause of a virtual user between two calls
-    recorder: Recorder
-    recent_ids: deque[int] = field(default_factory=lambda: deque(maxlen=300))
-    running: bool = True
-
-    def over(self) -> bool:
-        return not self.running or time.monotonic() >= self.deadline
-
-
-class VirtualUser:
-    """One client in a loop of weighted calls, signed in as one of the accounts."""
-
-    def __init__(self, world: World, index: int, seed: int) -> None:
-        self.world = world
-        self.index = index
-        self.rng = random.Random(seed * 1000 + index)
-        self.account = world.accounts[index % len(world.accounts)]
-        self.auth = {"Authorization": f"Bearer {self.account.token}"}
-        # A quarter open a connection per request: with keep-alive alone a client stays on the
-        # worker that accepted it, and the kernel would decide how the workers share the load.
-        self.fresh_connections = index % 4 == 3
-        self.client = self.new_client()
-        self.requests_left = self.rng.randint(100, 400)
-        self.own_posts: deque[int] = deque()
-        self.own_comments: deque[tuple[int, int]] = deque()
-        self.etags: dict[int, str] = {}
-        self.serial = 0
-        self.actions = [
-            (self.list_first_page, 14),
-            (self.list_filtered, 12),
-            (self.list_next_pages, 6),
-            (self.read_post, 25),
-            (self.list_comments, 10),
-            (self.create_post, 6),
-            (self.edit_post, 6),
-            (self.create_comment, 10),
-            (self.delete_comment, 3),
-            (self.delete_post, 2),
-            (self.read_me, 2),
-            (self.duplicate_title, 1),
-            (self.invalid_cursor, 1),
-        ]
-
-    def new_client(self) -> httpx.AsyncClient:
-        headers = {"Connection": "close"} if self.fresh_connections else {}
-        return httpx.AsyncClient(
-            base_url=self.world.base_url,
-            timeout=REQUEST_TIMEOUT,
-            headers=headers,
-            trust_env=False,  # loopback only: never through a proxy from the environment
-        )
-
-    async def run(self) -> None:
-        functions = [action for action, _ in self.actions]
-        weights = [weight for _, weight in self.actions]
-        try:
-            while not self.world.over():
-                await self.rng.choices(functions, weights)[0]()
-                await asyncio.sleep(self.rng.uniform(0, 2 * self.world.think_seconds))
-        finally:
-            await self.client.aclose()
-
-    async def call(
-        self,
-        name: str,
-        method: str,
-        path: str,
-        expected: frozenset[int],
-        *,
-        signed_in: bool = False,
-        fresh: bool = False,
-        headers: dict[str, str] | None = None,
-        **kwargs: Any,
-    ) -> httpx.Response | None:
-        """One request, timed and checked against the statuses this call may answer."""
-        all_headers = {**(self.auth if signed_in else {}), **(headers or {})}
-        if fresh:
-            all_headers["Connection"] = "close"
-        await self.maybe_recycle()
-        started = time.perf_counter()
-        try:
-            response = await self.client.request(method, path, headers=all_headers, **kwargs)
-        except httpx.HTTPError as exc:
-            self.world.recorder.transport_error(name, exc)
-            return None
-        self.world.recorder.record(name, response, time.perf_counter() - started, expected)
-        return response
-
-    async def maybe_recycle(self) -> None:
-        """Now and then drop the kept-alive connection, so the next may land on another worker."""
-        self.requests_left -= 1
-        if self.requests_left <= 0 and not self.fresh_connections:
-            await self.client.aclose()
-            self.client = self.new_client()
-            self.requests_left = self.rng.randint(100, 400)
-
-    def pick_post(self) -> tuple[int, frozenset[int]]:
-        """A post to read and the statuses reading it may answer."""
-        roll = self.rng.random()
-        if roll < 0.2 and self.world.recent_ids:
-            return self.rng.choice(self.world.recent_ids), MAYBE_GONE
-        if roll < 0.3:
-            return self.rng.choice(self.world.hot_ids), OK
-        return self.rng.choice(self.world.seeded_ids), OK
-
-    # -- reads ------------------------------------------------------------------------------------
-
-    async def list_first_page(self) -> None:
-        await self.call("GET /posts", "GET", "/posts", OK, signed_in=self.rng.random() < 0.3)
-
-    async def list_filtered(self) -> None:
-        account = self.rng.choice(self.world.accounts)
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        params = self.rng.choice(
-            [
-                {"author": account.username},
-                {"q": self.rng.choice(SEARCH_WORDS)},
-                {"sort": "title", "limit": "20"},
-                {"sort": "-updated_at"},
-                {"count": "true", "limit": "5"},
-                {"min_date": "2000-01-01T00:00:00Z", "max_date": now},
-                {"skip": str(self.rng.randint(0, 200)), "limit": "10"},
-            ]
-        )
-        signed_in = self.rng.random() < 0.3
-        if self.rng.random() < 0.1:
-            params, signed_in = {"published": "false"}, True  # the caller's own drafts
-        await self.call(
-            "GET /posts?filters", "GET", "/posts", OK, signed_in=signed_in, params=params
-        )
-
-    async def list_next_pages(self) -> None:
-        sort = self.rng.choice(["-created_at", "created_at", "title"])
-        response = await self.call(
-            "GET /posts?cursor", "GET", "/posts", OK, params={"limit": "10", "sort": sort}
-        )
-        for _ in range(self.rng.randint(1, 3)):
-            link = response.links.get("next", {}).get("url") if response is not None else None
-            if not link or self.world.over():
-                return
-            response = await self.call("GET /posts?cursor", "GET", link, OK)
-
-    async def read_post(self) -> None:
-        post_id, expected = self.pick_post()
-        headers = {}
-        if post_id in self.etags and self.rng.random() < 0.5:
-            headers["If-None-Match"] = self.etags[post_id]
-            expected = expected | {304}
-        response = await self.call(
-            "GET /posts/{id}", "GET", f"/posts/{post_id}", expected, headers=headers
-        )
-        if response is not None and response.status_code == 200 and len(self.etags) < 200:
-            self.etags[post_id] = response.headers.get("etag", "")
-
-    async def list_comments(self) -> None:
-        post_id, expected = self.pick_post()
-        params = {"limit": str(self.rng.choice([5, 10, 50]))}
-        response = await self.call(
-            "GET /posts/{id}/comments", "GET", f"/posts/{post_id}/comments", expected, params=params
-        )
-        link = response.links.get("next", {}).get("url") if response is not None else None
-        if link and self.rng.random() < 0.5:
-            await self.call("GET /posts/{id}/comments", "GET", link, expected)
-
-    async def read_me(self) -> None:
-        await self.call("GET /users/me", "GET", "/users/me", OK, signed_in=True)
-
-    # -- writes -----------------------------------------------------------------------------------
-
-    def new_title(self) -> str:
-        self.serial += 1
-        return f"soak {self.index}-{self.serial} {secrets.token_hex(3)}"
-
-    def content(self) -> str:
-        words = self.rng.choices((*SEARCH_WORDS[:-1], "soak", "post", "worker", "cache"), k=40)
-        return " ".join(words)
-
-    async def create_post(self) -> None:
-        body: dict[str, Any] = {"title": self.new_title(), "content": self.content()}
-        if self.rng.random() < 0.1:
-            body["published"] = False
-        headers = {}
-        if self.rng.random() < 0.2:
-            headers["Idempotency-Key"] = secrets.token_hex(8)
-        response = await self.send_post("POST /posts", body, headers)
-        if response is None:
-            return
-        post = response.json()
-        self.own_posts.append(post["id"])
-        if post["published"]:
-            self.world.recent_ids.append(post["id"])
-        if headers and self.rng.random() < 0.5:
-            await self.replay(body, headers, post)
-        while len(self.own_posts) > OWN_POSTS_KEPT:
-            await self.delete_post()
-
-    async def send_post(
-        self, name: str, body: dict[str, Any], headers: dict[str, str], *, fresh: bool = False
-    ) -> httpx.Response | None:
-        """POST /posts signed in as call `name`; the answer if it is 201 Created, else None."""
-        response = await self.call(
-            name,
-            "POST",
-            "/posts",
-            frozenset({201}),
-            signed_in=True,
-            fresh=fresh,
-            json=body,
-            headers=headers,
-        )
-        return response if response is not None and response.status_code == 201 else None
-
-    async def replay(self, body: dict[str, Any], headers: dict[str, str], first: Any) -> None:
-        """The same POST with the same Idempotency-Key: the first answer again, no second post."""
-        response = await self.send_post("POST /posts (replay)", body, headers, fresh=True)
-        if response is None:
-            return
-        recorder = self.world.recorder
-        recorder.replays += 1
-        replayed = response.headers.get("idempotent-replayed") == "true"
-        if not replayed or response.json() != first:
-            recorder.replay_mismatches += 1
-            recorder.problem(
-                "replay", f"idempotent replay of post {first['id']} answered {response.text!r}"
-            )
-
-    async def edit_post(self) -> None:
-        if self.account is self.world.accounts[0] and self.rng.random() < 0.4:
-            await self.edit_hot_post()
-            return
-        if not self.own_posts:
-            await self.create_post()
-            return
-        post_id = self.rng.choice(self.own_posts)
-        current = await self.call(
-            "GET /posts/{id} (own)", "GET", f"/posts/{post_id}", OK, signed_in=True
-        )
-        if current is None or current.status_code != 200:
-            return
-        content = self.content()
-        response = await self.call(
-            "PATCH /posts/{id}",
-            "PATCH",
-            f"/posts/{post_id}",
-            OK,
-            signed_in=True,
-            json={"content": content},
-            headers={"If-Match": current.headers["etag"]},
-        )
-        if response is not None and response.status_code == 200:
-            await self.check_fresh(post_id, content)
-
-    async def check_fresh(self, post_id: int, content: str) -> None:
-        """Right after a write, a read on a new connection (either worker) sees the write."""
-        response = await self.call(
-            "GET /posts/{id} (after write)",
-            "GET",
-            f"/posts/{post_id}",
-            OK,
-            signed_in=True,
-            fresh=True,
-        )
-        if response is None or response.status_code != 200:
-            return
-        recorder = self.world.recorder
-        recorder.fresh_checks += 1
-        if response.json()["content"] != content:
-            recorder.stale_reads += 1
-            recorder.problem(
-                "stale read",
-                f"stale read of post {post_id} after PATCH (X-Cache "
-                f"{response.headers.get('x-cache')}, ETag {response.headers.get('etag')})",
-            )
-
-    async def edit_hot_post(self) -> None:
-        """Edit a post the sockets watch; other users of the account race for it, hence 412."""
-        post_id = self.rng.choice(self.world.hot_ids)
-        current = await self.call("GET /posts/{id}", "GET", f"/posts/{post_id}", OK)
-        if current is None or current.status_code != 200:
-            return
-        await self.call(
-            "PATCH /posts/{id} (hot)",
-            "PATCH",
-            f"/posts/{post_id}",
-            frozenset({200, 412}),
-            signed_in=True,
-            json={"content": self.content()},
-            headers={"If-Match": current.headers["etag"]},
-        )
-
-    async def create_comment(self) -> None:
-        roll = self.rng.random()
-        if roll < 0.5:
-            post_id, expected = self.rng.choice(self.world.hot_ids), frozenset({201})
-        else:
-            post_id, read_expected = self.pick_post()
-            expected = frozenset({201, 404}) if 404 in read_expected else frozenset({201})
-        body = {"text": f"soak comment {self.index}-{self.serial} " + self.content()[:200]}
-        headers = {"Idempotency-Key": secrets.token_hex(8)} if self.rng.random() < 0.2 else {}
-        started = time.monotonic()
-        response = await self.call(
-            "POST /posts/{id}/comments",
-            "POST",
-            f"/posts/{post_id}/comments",
-            expected,
-            signed_in=True,
-            json=body,
-            headers=headers,
-        )
-        if response is None or response.status_code != 201:
-            return
-        comment_id = response.json()["id"]
-        if post_id in self.world.hot_ids:
-            self.world.recorder.hot_comments.append(
-                HotComment(post_id, comment_id, started, time.monotonic())
-            )
-        self.own_comments.append((post_id, comment_id))
-        while len(self.own_comments) > OWN_COMMENTS_KEPT:
-            await self.delete_comment()
-
-    async def delete_comment(self) -> None:
-        if not self.own_comments:
-            return
-        post_id, comment_id = self.own_comments.popleft()
-        # 404: the post it was on was deleted since (its comments went with it).
-        await self.call(
-            "DELETE /posts/{id}/comments/{id}",
-            "DELETE",
-            f"/posts/{post_id}/comments/{comment_id}",
-            frozenset({204, 404}),
-            signed_in=True,
-        )
-
-    async def delete_post(self) -> None:
-        if not self.own_posts:
-            return
-        post_id = self.own_posts.popleft()
-        with suppress(ValueError):
-            self.world.recent_ids.remove(post_id)
-        await self.call(
-            "DELETE /posts/{id}", "DELETE", f"/posts/{post_id}", frozenset({204}), signed_in=True
-        )
-
-    # -- errors the client causes -----------------------------------------------------------------
-
-    async def duplicate_title(self) -> None:
-        title = self.rng.choice(self.world.hot_titles).upper()  # titles clash case-insensitively
-        await self.call(
-            "POST /posts (taken title)",
-            "POST",
-            "/posts",
-            frozenset({409}),
-            signed_in=True,
-            json={"title": title, "content": "a clash"},
-        )
-
-    async def invalid_cursor(self) -> None:
-        await self.call(
-            "GET /posts?cursor=bad", "GET", "/posts", frozenset({422}), params={"cursor": "x!"}
-        )
-
-
-class LiveClient:
-    """A WebSocket client on a hot post; reconnects every 20-60 s; half of them signed in."""
-
-    def __init__(self, world: World, index: int, seed: int) -> None:
-        self.world = world
-        self.index = index
-        self.rng = random.Random(seed * 1000 + 500 + index)
-        self.token = world.accounts[index % len(world.accounts)].token if index % 2 == 0 else None
-
-    async def run(self, until: float) -> None:
-        recorder = self.world.recorder
-        while self.world.running and time.monotonic() < until:
-            post_id = self.world.hot_ids[(self.index + self.rng.randrange(2)) % HOT_POSTS]
-            url = f"{self.world.ws_url}/ws/posts/{post_id}"
-            if self.token:
-                url += f"?token={self.token}"
-            try:
-                async with connect(url, proxy=None, open_timeout=REQUEST_TIMEOUT) as socket:
-                    session = LiveSession(post_id, opened=time.monotonic())
-                    recorder.live_sessions.append(session)
-                    await self.listen(socket, session, until)
-            except ConnectionClosed as exc:
-                received = exc.rcvd.code if exc.rcvd else None
-                recorder.live_failures[f"closed by the server ({received})"] += 1
-                recorder.problem("ws closed", f"WebSocket on post {post_id} closed: {exc}")
-            except (InvalidHandshake, OSError, TimeoutError) as exc:
-                recorder.live_failures[f"connect failed ({type(exc).__name__})"] += 1
-                recorder.problem(
-                    "ws connect", f"WebSocket on post {post_id}: {type(exc).__name__}: {exc}"
-                )
-                await asyncio.sleep(1)
-
-    async def listen(self, socket: ClientConnection, session: LiveSession, until: float) -> None:
-        """Read events until the hold time is over; signed-in sockets also talk now and then."""
-        recorder = self.world.recorder
-        leave = min(until, session.opened + self.rng.uniform(20, 60))
-        next_message = session.opened + self.rng.uniform(2, 8)
-        try:
-            while self.world.running and (now := time.monotonic()) < leave:
-                wait = min(leave, next_message) - now if self.token else leave - now
-                try:
-                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
-                    async with asyncio.timeout(max(wait, 0.01)):
-                        frame = await socket.recv()
-                except TimeoutError:
-                    if self.token and time.monotonic() >= next_message:
-                        await socket.send(f"soak hello from socket {self.index}")
-                        next_message = time.monotonic() + self.rng.uniform(2, 8)
-                    continue
-                event = json.loads(frame)
-                recorder.live_events[event.get("type", "?")] += 1
-                if event.get("type") == "comment_created":
-                    session.comment_ids.add(event["comment"]["id"])
-                elif event.get("type") in ("error", "post_deleted"):
-                    recorder.live_failures[f"event {event.get('type')}"] += 1
-                    recorder.problem("ws event", f"WebSocket on post {session.post_id} got {event}")
-        finally:
-            session.closed = time.monotonic()
-
-
-# --- the run -------------------------------------------------------------------------------------
+# --- the run -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -771,12 +211,13 @@ class Soak:
         self.secret = secrets.token_urlsafe(36)  # 48 characters
         self.service: Service | None = None
         self.database_created = False
-        self.recorder = Recorder()
+        self.load: dict[str, Any] = {}  # bench/locustfile.py's report
+        self.calls: list[dict[str, str]] = []  # Locust's statistics per call
+        self.polls: Counter[str] = Counter()  # readiness and metrics polls by outcome
         self.memory: dict[int, WorkerMemory] = {}
         self.worker_changes: list[str] = []
         self.facts: dict[str, Any] = {}
-        self.world: World | None = None
-        self.interrupted = False
+        self.hot_titles: list[str] = []
 
     def env(self) -> dict[str, str]:
         env = production_env(
@@ -850,96 +291,102 @@ class Soak:
 
     # -- traffic -----------------------------------------------------------------------------------
 
-    async def setup_world(self, service: Service, deadline: float) -> World:
-        """Sign the accounts in and write the hot posts the WebSocket clients watch."""
-        async with httpx.AsyncClient(
-            base_url=service.url, timeout=REQUEST_TIMEOUT, trust_env=False
-        ) as client:
-
-            async def login(username: str) -> Account:
-                answer = await client.post(
+    def setup_load(self, service: Service, path: Path) -> None:
+        """Sign the accounts in and write the hot posts the WebSocket clients watch: Locust's
+        setup file."""
+        with httpx.Client(base_url=service.url, timeout=REQUEST_TIMEOUT, trust_env=False) as client:
+            accounts = []
+            for username in self.usernames[: self.args.accounts]:
+                answer = client.post(
                     "/auth/login", data={"username": username, "password": PASSWORD}
                 )
                 if answer.status_code != 200:
                     raise BenchError(f"login as {username}: {answer.status_code} {answer.text}")
-                return Account(username, answer.json()["access_token"])
-
-            accounts = [await login(name) for name in self.usernames[: self.args.accounts]]
-            hot_ids, hot_titles = [], []
+                accounts.append({"username": username, "token": answer.json()["access_token"]})
+            hot_ids = []
             for number in range(HOT_POSTS):
                 title = f"soak hot post {number} {secrets.token_hex(3)}"
-                answer = await client.post(
+                answer = client.post(
                     "/posts",
                     json={"title": title, "content": "Watched by the soak's WebSocket clients."},
-                    headers={"Authorization": f"Bearer {accounts[0].token}"},
+                    headers={"Authorization": f"Bearer {accounts[0]['token']}"},
                 )
                 if answer.status_code != 201:
                     raise BenchError(f"creating a hot post: {answer.status_code} {answer.text}")
                 hot_ids.append(answer.json()["id"])
-                hot_titles.append(title)
-        return World(
-            base_url=service.url,
-            ws_url=service.ws_url,
-            accounts=accounts,
-            seeded_ids=self.seeded_ids,
-            hot_ids=hot_ids,
-            hot_titles=hot_titles,
-            deadline=deadline,
-            think_seconds=self.args.think_ms / 1000,
-            recorder=self.recorder,
-        )
+                self.hot_titles.append(title)
+        setup = {
+            "accounts": accounts,
+            "watched": hot_ids,
+            "watched_titles": self.hot_titles,
+            "readable": self.seeded_ids + hot_ids,
+        }
+        path.write_text(json.dumps(setup))
 
-    async def traffic(self, service: Service) -> None:
+    def traffic(self, service: Service) -> None:
+        """Locust for the duration, this process polling and sampling beside it."""
         args = self.args
-        # Inside the event loop a signal stops the traffic and cancels this task: an exception
-        # raised by a plain signal handler could land in the middle of asyncio's own callbacks
-        # and hang the loop.
-        loop = asyncio.get_running_loop()
-        this_task = asyncio.current_task()
-        assert this_task is not None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self.interrupt, this_task)
-        world = await self.setup_world(service, deadline=math.inf)
-        self.world = world
-        started = time.monotonic()
-        world.deadline = started + args.duration
+        work = Path(tempfile.mkdtemp(prefix="soak-locust-"))
+        self.setup_load(service, work / "setup.json")
+        env = {
+            **os.environ,
+            "LOAD_SETUP": str(work / "setup.json"),
+            "LOAD_REPORT": str(work / "report.json"),
+            "LOAD_LIVE_USERS": str(args.ws_clients),
+        }
+        command = [
+            *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"),
+            *("--users", str(args.users + args.ws_clients), "--spawn-rate", "100"),
+            *("--run-time", f"{args.duration}s", "--stop-timeout", "15"),
+            *("--host", service.url, "--csv", str(work / "stats"), "--only-summary"),
+            *("--loglevel", "WARNING", "BlogUser"),
+            *(["LiveUser"] if args.ws_clients else []),
+        ]
         log(
-            f"traffic: {args.duration} s, {args.users} virtual users, {args.ws_clients} WebSocket "
-            f"clients; start RSS after {args.warmup} s"
+            f"traffic (Locust): {args.duration} s, {args.users} virtual users, {args.ws_clients} "
+            f"WebSocket clients; start RSS after {args.warmup} s"
         )
-        users = [VirtualUser(world, index, args.seed) for index in range(args.users)]
-        live = [LiveClient(world, index, args.seed) for index in range(args.ws_clients)]
-        # Sockets stay open a little after the last write, so its events count as "must arrive".
-        live_until = world.deadline + DELIVERY_MARGIN + 1
-        user_tasks = [asyncio.create_task(user.run()) for user in users]
-        live_tasks = [asyncio.create_task(client.run(live_until)) for client in live]
-        monitor = asyncio.create_task(self.monitor(service, world, started))
-        tasks = [*user_tasks, *live_tasks, monitor]
+        locust_log = RESULTS / f"{self.log_path.stem}-locust.txt"
+        with locust_log.open("wb") as output:
+            locust = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        started = time.monotonic()
         try:
-            await asyncio.gather(*user_tasks)
+            self.monitor(service, locust, started)
             self.facts["traffic_seconds"] = time.monotonic() - started
             self.sample_memory(service, "end")
-            await asyncio.gather(*live_tasks)
+            locust.wait(timeout=120)
         finally:
-            world.running = False
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if locust.poll() is None:
+                locust.send_signal(signal.SIGINT)
+                with suppress(subprocess.TimeoutExpired):
+                    locust.wait(timeout=30)
+            if locust.poll() is None:
+                locust.kill()
+        self.facts["locust_log"] = locust_log
+        report = work / "report.json"
+        if not report.exists():
+            raise BenchError(f"Locust wrote no report:\n{log_tail(locust_log, 30)}")
+        self.load = json.loads(report.read_text())
+        with suppress(OSError), (work / "stats_stats.csv").open() as handle:
+            self.calls = list(csv.DictReader(handle))
 
-    async def monitor(self, service: Service, world: World, started: float) -> None:
-        """Poll readiness and metrics like an orchestrator would; sample RSS; watch the workers."""
+    def monitor(self, service: Service, locust: subprocess.Popen[bytes], started: float) -> None:
+        """Poll readiness and metrics like an orchestrator would; sample RSS; watch the workers;
+        until the traffic's time is up (Locust then lets its users finish)."""
         polls = {"/health/ready": READY_EVERY, "/metrics": METRICS_EVERY}
         due = dict.fromkeys(polls, started)
         next_sample = started
         start_taken = False
-        async with httpx.AsyncClient(
-            base_url=service.url, timeout=REQUEST_TIMEOUT, trust_env=False
-        ) as client:
-            while not world.over():
+        with httpx.Client(base_url=service.url, timeout=REQUEST_TIMEOUT, trust_env=False) as client:
+            while time.monotonic() - started < self.args.duration and locust.poll() is None:
                 for path, every in polls.items():
                     if time.monotonic() >= due[path]:
                         due[path] += every
-                        await self.poll(client, path)
+                        try:
+                            status = str(client.get(path).status_code)
+                        except httpx.HTTPError as exc:
+                            status = type(exc).__name__
+                        self.polls[f"GET {path} {status}"] += 1
                 now = time.monotonic()
                 if not start_taken and now - started >= self.args.warmup:
                     self.sample_memory(service, "start")
@@ -947,35 +394,11 @@ class Soak:
                 if now >= next_sample:
                     next_sample += SAMPLE_EVERY
                     self.sample_memory(service, "sample")
-                    self.progress(now - started)
-                await asyncio.sleep(1)
-
-    async def poll(self, client: httpx.AsyncClient, path: str) -> None:
-        name = f"GET {path}"
-        begun = time.perf_counter()
-        try:
-            response = await client.get(path)
-        except httpx.HTTPError as exc:
-            self.recorder.transport_error(name, exc)
-            return
-        self.recorder.record(name, response, time.perf_counter() - begun, OK)
-
-    def interrupt(self, traffic: asyncio.Task[None]) -> None:
-        """Ctrl-C or SIGTERM during the traffic: every task stops, then the clean-up runs."""
-        self.interrupted = True
-        if self.world is not None:
-            self.world.running = False  # a task that swallowed its cancellation stops anyway
-        traffic.cancel()
-
-    def progress(self, elapsed: float) -> None:
-        statuses = self.recorder.statuses()
-        server_errors = sum(n for status, n in statuses.items() if status >= 500)
-        rss = ", ".join(f"{m.samples[-1]:.1f}" for m in self.memory.values() if m.samples)
-        log(
-            f"  {elapsed:4.0f} s: {sum(statuses.values()):,} requests, 5xx {server_errors}, "
-            f"unexpected {sum(self.recorder.unexpected.values())}, transport errors "
-            f"{sum(self.recorder.transport_errors.values())}, worker RSS {rss} MB"
-        )
+                    rss = ", ".join(
+                        f"{m.samples[-1]:.1f}" for m in self.memory.values() if m.samples
+                    )
+                    log(f"  {now - started:4.0f} s: worker RSS {rss} MB")
+                time.sleep(1)
 
     def sample_memory(self, service: Service, phase: str) -> None:
         pids = service.worker_pids()
@@ -1011,19 +434,7 @@ class Soak:
             f"service: {self.service.url}, workers {sorted(pids)}, "
             f"log {self.relative(self.log_path)}"
         )
-        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-        try:
-            asyncio.run(self.traffic(self.service))
-        except asyncio.CancelledError:
-            raise KeyboardInterrupt from None
-        finally:
-            exit_on_sigterm()  # closing the loop reset the signals it handled
-        if self.interrupted:
-            raise KeyboardInterrupt
-        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-        self.facts["generator_cpu"] = (cpu_after.ru_utime + cpu_after.ru_stime) - (
-            cpu_before.ru_utime + cpu_before.ru_stime
-        )
+        self.traffic(self.service)
         self.service.stop()
         self.log_levels, self.log_errors = self.read_log()
         self.load_end = os.getloadavg()
@@ -1074,36 +485,32 @@ class Soak:
 
     def report(self) -> tuple[str, list[str]]:
         args = self.args
-        recorder = self.recorder
-        statuses = recorder.statuses()
-        total = sum(statuses.values())
+        load = self.load
         seconds = self.facts.get("traffic_seconds", float("nan"))
-        by_class = Counter(f"{status // 100}xx" for status in statuses.elements())
-        server_errors = sum(n for status, n in statuses.items() if status >= 500)
-        unexpected = sum(recorder.unexpected.values())
-        transport = sum(recorder.transport_errors.values())
-        latencies = recorder.all_latencies()
-        expected_events, missed_events = recorder.missed_comment_events()
-        sessions = recorder.live_sessions
         workers = sorted(self.memory.values(), key=lambda m: m.pid)
+        failed_polls = {k: n for k, n in self.polls.items() if not k.endswith(" 200")}
 
         failures = []
-        if server_errors:
-            failures.append(f"{server_errors} answers were 5xx")
-        if unexpected:
-            failures.append(f"{unexpected} answers had a status their call cannot answer")
-        if transport:
-            failures.append(f"{transport} requests failed without an answer")
-        if recorder.stale_reads:
-            failures.append(f"{recorder.stale_reads} stale reads after a write")
-        if recorder.replay_mismatches:
-            failures.append(f"{recorder.replay_mismatches} idempotent replays differed")
-        if missed_events:
-            failures.append(f"{missed_events} comment events did not reach an open socket")
-        if sum(recorder.live_failures.values()):
-            failures.append(f"WebSocket failures: {dict(recorder.live_failures)}")
-        if args.ws_clients and not recorder.live_events.get("comment_created"):
-            failures.append("no WebSocket client received a comment event")
+        if load["server_errors"]:
+            failures.append(f"{load['server_errors']} answers were 5xx")
+        if load["unexpected"]:
+            failures.append(f"{load['unexpected']} answers had a status their call cannot answer")
+        if load["transport_errors"]:
+            failures.append(f"{load['transport_errors']} requests failed without an answer")
+        if load["stale_reads"]:
+            failures.append(f"{load['stale_reads']} stale reads after a write")
+        if load["replay_mismatches"]:
+            failures.append(f"{load['replay_mismatches']} idempotent replays differed")
+        if load["comment_events_missed"]:
+            failures.append(
+                f"{load['comment_events_missed']} comment events did not reach an open socket"
+            )
+        if args.ws_clients and not load["comment_events_expected"]:
+            failures.append("no comment event was due to an open socket")
+        if set(load["socket_closes"]) - {"1000"}:
+            failures.append(f"WebSocket closes: {load['socket_closes']}")
+        if failed_polls:
+            failures.append(f"readiness or metrics polls failed: {failed_polls}")
         if self.worker_changes:
             failures.append("worker processes changed: " + "; ".join(self.worker_changes))
         for memory in workers:
@@ -1114,7 +521,7 @@ class Soak:
                     f"worker {memory.pid}: RSS grew {memory.growth:.1f} % (limit "
                     f"{args.max_growth:g} %)"
                 )
-        if total == 0:
+        if not load["requests"]:
             failures.append("no request was answered")
 
         lines = [
@@ -1130,28 +537,23 @@ class Soak:
             "--no-access-log`, ENVIRONMENT=production, Redis cache/rate limits/fan-out, rate "
             f"limits {RATE_LIMIT} (never reached), DB pool 10 + 10 per worker, JSON logs to "
             f"{self.relative(self.log_path)}",
-            f"- traffic: {seconds:.0f} s, {args.users} virtual users (a quarter on a fresh "
-            f"connection per request), pauses of 0-{2 * args.think_ms:g} ms, {args.ws_clients} "
-            f"WebSocket clients (reconnecting every 20-60 s, half signed in and talking); RSS "
-            f"start after {args.warmup} s; load generator CPU "
-            f"{self.facts.get('generator_cpu', float('nan')):.0f} s (one process)",
+            f"- traffic: Locust (bench/locustfile.py, headless, one process), {seconds:.0f} s, "
+            f"{args.users} virtual users pausing 50-300 ms, {args.ws_clients} WebSocket clients "
+            f"(reconnecting every 20-60 s); RSS start after {args.warmup} s; Locust's own output "
+            f"in {self.relative(self.facts['locust_log'])}",
             "",
             "## Figures",
             "",
-            f"- requests: {total:,} ({total / seconds:.0f}/s); "
-            + ", ".join(f"{cls} {n:,}" for cls, n in sorted(by_class.items())),
-            f"- 5xx: {server_errors}; unexpected statuses: {unexpected}; transport errors: "
-            f"{transport}",
-            f"- latency: p50 {percentile(latencies, 0.5):.1f} ms, p99 "
-            f"{percentile(latencies, 0.99):.1f} ms, max {percentile(latencies, 1.0):.1f} ms",
-            f"- reads right after a write, on a new connection: {recorder.fresh_checks:,}, stale "
-            f"{recorder.stale_reads}; idempotent replays: {recorder.replays}, different "
-            f"{recorder.replay_mismatches}",
-            f"- WebSocket: {len(sessions)} sessions, events received "
-            f"{sum(recorder.live_events.values()):,} ("
-            + ", ".join(f"{kind} {n:,}" for kind, n in recorder.live_events.most_common())
-            + f"); comment events due to an open socket {expected_events:,}, missed "
-            f"{missed_events}; failures {dict(recorder.live_failures) or 0}",
+            f"- requests: {load['requests']:,} ({load['rps']:.0f}/s); 5xx: "
+            f"{load['server_errors']}; unexpected statuses: {load['unexpected']}; transport "
+            f"errors: {load['transport_errors']}",
+            f"- latency (Locust's): p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms",
+            f"- reads right after a write: {load['fresh_reads']:,}, stale {load['stale_reads']}; "
+            f"idempotent replays: {load['replays']:,}, different {load['replay_mismatches']}",
+            f"- WebSocket: events received {load['live_events']:,}; comment events due to an open "
+            f"socket {load['comment_events_expected']:,}, missed {load['comment_events_missed']}; "
+            f"closes {load['socket_closes'] or 0}",
+            f"- readiness and metrics polls: {dict(self.polls)}",
             f"- server log: {dict(self.log_levels)}",
             "",
             "| worker pid | RSS start MB | RSS end MB | growth | min-max of samples MB | "
@@ -1168,20 +570,18 @@ class Soak:
             )
         lines += [
             "",
-            "| call | requests | statuses | p50 ms | p99 ms |",
-            "| --- | ---: | --- | ---: | ---: |",
+            "| call (Locust) | requests | failures | p50 ms | p99 ms |",
+            "| --- | ---: | ---: | ---: | ---: |",
         ]
-        for name, stats in sorted(
-            self.recorder.calls.items(), key=lambda i: -len(i[1].latencies_ms)
-        ):
-            ordered = sorted(stats.latencies_ms)
-            codes = ", ".join(f"{code}: {n:,}" for code, n in sorted(stats.statuses.items()))
+        for row in self.calls:
             lines.append(
-                f"| `{name}` | {len(ordered):,} | {codes} | {percentile(ordered, 0.5):.1f} | "
-                f"{percentile(ordered, 0.99):.1f} |"
+                f"| `{row['Type']} {row['Name']}` | {int(row['Request Count']):,} | "
+                f"{row['Failure Count']} | {row['50%']} | {row['99%']} |"
             )
-        if recorder.problems:
-            lines += ["", "## First problems seen", ""] + [f"- {p}" for p in recorder.problems]
+        problems = [f"{n} x {error}" for error, n in load["errors"].items()]
+        problems += load["stale_examples"] + load["replay_examples"]
+        if problems:
+            lines += ["", "## Problems seen", ""] + [f"- {p}" for p in problems]
         if self.log_errors:
             lines += ["", "## Server log records above INFO, by what failed", ""]
             lines += [f"- {line}" for line in self.log_errors]
