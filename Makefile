@@ -8,7 +8,7 @@ PORT ?= 8000
 # app alone decides the client address (FORWARDED_ALLOW_IPS), no `server` header, and uvicorn's
 # HTTP protocol with a cap and a deadline on request heads (http_protocol.py).
 SERVER_FLAGS := --no-proxy-headers --no-server-header --http http_protocol:BoundedHttpToolsProtocol
-APP_MODULES := main.py offline_docs.py openapi_document.py security_headers.py config.py database.py models.py schemas.py crud.py security.py errors.py \
+APP_MODULES := main.py offline_docs.py openapi_document.py rendering.py feeds.py security_headers.py config.py database.py models.py schemas.py crud.py security.py errors.py \
 	middleware.py deps.py pagination.py logging_setup.py manage.py ratelimit.py observability.py shutdown.py routes \
 	proxies.py http_protocol.py
 

@@ -234,6 +234,15 @@ def encode_post(row: Row) -> CachedPost:
     return CachedPost(etag_of(row), PostRead.model_validate(row).model_dump_json().encode())
 
 
+MAX_SLUG_HINTS = 10_000
+
+
+def _carries_slug(entry: CachedPost, slug: str) -> bool:
+    # A slug is [a-z0-9-] and JSON escapes every quote inside a string, so this byte sequence
+    # occurs in the body only as the post's own "slug" member.
+    return b'"slug":"' + slug.encode() + b'"' in entry.body
+
+
 class PostReader:
     """`GET /posts/{id}`: cache first, then one shared database read per post and generation."""
 
@@ -241,6 +250,9 @@ class PostReader:
         self.cache = cache
         self.database = database
         self.flights = SingleFlight()
+        # slug -> post id, learnt from the database; only a hint: an answer is given only when
+        # the post's (fresh) body still carries the slug asked for, else it is looked up again.
+        self.slug_ids: dict[str, int] = {}
 
     async def read(self, post_id: int, viewer: User | None) -> tuple[CachedPost, bool]:
         """The post's encoded body for this viewer and whether it came from the cache."""
@@ -261,6 +273,28 @@ class PostReader:
         ):
             raise PostNotFound()
         return loaded.entry, False
+
+    async def read_by_slug(self, slug: str, viewer: User | None) -> tuple[CachedPost, bool]:
+        """As `read`, for the post that has this slug now."""
+        post_id = self.slug_ids.get(slug)
+        if post_id is not None:
+            try:
+                entry, hit = await self.read(post_id, viewer)
+            except PostNotFound:
+                entry = None
+            if entry is not None and _carries_slug(entry, slug):
+                return entry, hit
+            self.slug_ids.pop(slug, None)
+        post_id = await crud.post_id_by_slug(self.database, slug)
+        if post_id is None:
+            raise PostNotFound()
+        entry, hit = await self.read(post_id, viewer)
+        if not _carries_slug(entry, slug):  # the slug moved on meanwhile
+            raise PostNotFound()
+        if len(self.slug_ids) >= MAX_SLUG_HINTS:
+            self.slug_ids.clear()
+        self.slug_ids[slug] = post_id
+        return entry, hit
 
     async def _load(self, post_id: int, generation: str) -> LoadedPost | None:
         row = await crud.get_post_row(self.database, post_id)

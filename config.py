@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     request_body_timeout_seconds: float = Field(default=30.0, gt=0)
     web_concurrency: int = Field(default=1, ge=1)
     instance_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    public_base_url: str | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -108,6 +109,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("public_base_url", mode="before")
+    @classmethod
+    def _base_url(cls, value: object) -> object:
+        if not isinstance(value, str) or not value.strip():
+            return None
+        url = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", url):
+            raise ValueError("must be an http:// or https:// URL such as https://blog.example.com")
+        return url
 
     @field_validator("cors_origins", "forwarded_allow_ips", "allowed_hosts", mode="before")
     @classmethod

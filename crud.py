@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,10 +41,12 @@ from errors import (
     PostNotFound,
     PostTitleExists,
     PreconditionFailed,
+    SlugTaken,
     UsernameTaken,
 )
-from models import Comment, Post, User, UTCDateTime, utcnow
+from models import Comment, Post, PostTag, User, UTCDateTime, utcnow
 from pagination import Cursor
+from rendering import Rendered, numbered_slug, render, slug_from_title
 from schemas import PostCreate, PostFilters, PostSort, UserCreate
 
 logger = logging.getLogger("blog.crud")
@@ -149,7 +152,12 @@ def _can_write(viewer: User, post: Post) -> bool:
 POST_COLUMNS = (
     Post.id,
     Post.title,
+    Post.slug,
     Post.content,
+    Post.content_html,
+    Post.excerpt,
+    Post.reading_time_minutes,
+    Post.tags,
     User.username.label("author"),
     Post.author_id,
     Post.published,
@@ -196,7 +204,12 @@ POSTS: Table = Post.__table__  # type: ignore[assignment]  # a Table; typed as F
 # Built once: the columns a new post sets, each a named bind parameter (see create_post).
 NEW_POST_COLUMNS = (
     "title",
+    "slug",
     "content",
+    "content_html",
+    "excerpt",
+    "reading_time_minutes",
+    "tags",
     "published",
     "author_id",
     "version",
@@ -210,32 +223,130 @@ INSERT_POST = (
 )
 
 
+# Content this long is rendered on a worker thread rather than on the event loop.
+RENDER_IN_THREAD_CHARS = 5_000
+# Inserts tried with an auto-generated slug before giving up (each after a fresh look-up).
+SLUG_ATTEMPTS = 8
+SLUG_CANDIDATES = 50  # `-N` variants looked up per query
+
+
+async def _rendered(content: str) -> Rendered:
+    if len(content) < RENDER_IN_THREAD_CHARS:
+        return render(content)
+    return await run_in_threadpool(render, content)
+
+
+def _rendered_values(rendered: Rendered) -> dict[str, Any]:
+    return {
+        "content_html": rendered.html,
+        "excerpt": rendered.excerpt,
+        "reading_time_minutes": rendered.reading_time_minutes,
+    }
+
+
+def _unique_index_hit(exc: IntegrityError) -> str:
+    """Which unique rule a failed write broke: "slug", or "title" (also for anything else)."""
+    # The first line names the index (PostgreSQL) or column (SQLite); later ones quote values.
+    first_line = str(exc.orig).partition("\n")[0]
+    return "slug" if "uq_posts_slug" in first_line or "posts.slug" in first_line else "title"
+
+
+TAKEN_SLUGS = select(Post.slug).where(Post.slug.in_(bindparam("candidates", expanding=True)))
+
+
+async def _free_slug(database: Database, base: str) -> str:
+    """The first of `base-2`, `base-3`, ... that no post has (at the time of asking)."""
+    first = 2
+    while True:
+        candidates = [numbered_slug(base, n) for n in range(first, first + SLUG_CANDIDATES)]
+        rows = await database.fetch_all(TAKEN_SLUGS, {"candidates": candidates})
+        taken = {row["slug"] for row in rows}
+        for candidate in candidates:
+            if candidate not in taken:
+                return candidate
+        first += SLUG_CANDIDATES
+
+
+INSERT_POST_TAGS = insert(PostTag.__table__)  # type: ignore[arg-type]
+
+
+async def _write_tags(session: AsyncSession, post_id: int, tags: Sequence[str]) -> None:
+    await session.execute(delete(PostTag).where(PostTag.post_id == post_id))
+    if tags:
+        await session.execute(INSERT_POST_TAGS, [{"post_id": post_id, "tag": t} for t in tags])
+
+
+@contextlib.asynccontextmanager
+async def _statement_savepoint(session: AsyncSession) -> AsyncIterator[None]:
+    """On PostgreSQL a failed statement aborts its transaction: a savepoint lets the caller
+    retry. SQLite undoes only the failed statement, and a savepoint there would start the
+    transaction in deferred mode instead of the IMMEDIATE one writers rely on."""
+    if session.get_bind().dialect.name != "postgresql":
+        yield
+        return
+    async with session.begin_nested():
+        yield
+
+
 async def create_post(
     database: Database, author: User, data: PostCreate, *, session: AsyncSession | None = None
 ) -> Post:
-    """Insert a post: committed on its own (one autocommit INSERT ... RETURNING), or, given a
-    session, inside its transaction for the caller to commit (idempotent creates commit it with
-    their record). The returned object is in no session, with the caller as its owner."""
+    """Insert a post: committed on its own, or, given a session, inside its transaction for the
+    caller to commit (idempotent creates commit it with their record). Without tags and a
+    session it is one autocommit INSERT ... RETURNING. The returned object is in no session,
+    with the caller as its owner.
+
+    An auto-generated slug that is taken becomes `-2`, `-3`, ...: the unique index decides,
+    and a lost race looks the next free one up and tries again."""
     now = utcnow()
+    base_slug = data.slug or slug_from_title(data.title)
     values = {
         "title": data.title,
+        "slug": base_slug,
         "content": data.content,
+        **_rendered_values(await _rendered(data.content)),
+        "tags": " ".join(data.tags),
         "published": data.published,
         "author_id": author.id,
         "version": 1,
         "created_at": now,
         "updated_at": now,
     }
-    try:
-        if session is None:
-            (row,) = await database.write_returning(INSERT_POST, values)
-        else:
-            row = (await session.execute(INSERT_POST, values)).mappings().one()
-    except IntegrityError:
-        if session is not None:
-            await session.rollback()
-        raise PostTitleExists() from None
-    return Post(id=row["id"], owner=author, **values)
+    if session is None and data.tags:
+        async with database.sessionmaker() as own_session:
+            post = await _insert_post(database, own_session, values, data, base_slug)
+            await own_session.commit()
+    else:
+        post = await _insert_post(database, session, values, data, base_slug)
+    post.owner = author
+    return post
+
+
+async def _insert_post(
+    database: Database,
+    session: AsyncSession | None,
+    values: dict[str, Any],
+    data: PostCreate,
+    base_slug: str,
+) -> Post:
+    for attempt in range(SLUG_ATTEMPTS):
+        try:
+            if session is None:
+                (row,) = await database.write_returning(INSERT_POST, values)
+            else:
+                async with _statement_savepoint(session):
+                    row = (await session.execute(INSERT_POST, values)).mappings().one()
+            break
+        except IntegrityError as exc:
+            hit = _unique_index_hit(exc)
+            if hit == "title":
+                raise PostTitleExists() from None
+            if data.slug is not None or attempt == SLUG_ATTEMPTS - 1:
+                raise SlugTaken() from None
+            values["slug"] = await _free_slug(database, base_slug)
+    if session is not None:
+        await _write_tags(session, row["id"], data.tags)
+    return Post(id=row["id"], **values)
 
 
 async def update_post(
@@ -247,14 +358,19 @@ async def update_post(
 ) -> tuple[Post, dict[str, Any]]:
     """Apply the fields sent; returns the post and the fields that really changed.
 
-    `updated_at` and the version move only when something changed.
+    `updated_at` and the version move only when something changed; new content is rendered
+    again; `tags` replaces the whole list. The slug stays when the title changes.
 
     With `expected_versions` (from If-Match) the write is a compare-and-set in one statement.
     """
+    if "tags" in changes:
+        changes = {**changes, "tags": " ".join(changes["tags"])}
     post = await _get_writable_post(session, post_id, viewer, expected_versions)
     changed = {field: value for field, value in changes.items() if getattr(post, field) != value}
     if not changed:
         return post, changed
+    if "content" in changed:
+        changed.update(_rendered_values(await _rendered(changed["content"])))
     now = utcnow()
     statement = (
         update(Post)
@@ -267,10 +383,12 @@ async def update_post(
         statement = statement.where(Post.version.in_(expected_versions))
     try:
         new_version = (await session.execute(statement)).scalar_one_or_none()
+        if new_version is not None and "tags" in changed:
+            await _write_tags(session, post.id, changed["tags"].split())
         await session.commit()
-    except IntegrityError:
+    except IntegrityError as exc:
         await session.rollback()
-        raise PostTitleExists() from None
+        raise (SlugTaken() if _unique_index_hit(exc) == "slug" else PostTitleExists()) from None
     if new_version is None:
         raise PreconditionFailed() if expected_versions is not None else PostNotFound()
     # Mirror the row just written onto the object, detached so nothing is flushed again.
@@ -335,6 +453,8 @@ class ListShape:
     published: bool
     viewer: str  # "anonymous", "user" or "admin"
     author: bool
+    author_id: bool
+    tags: int  # how many `tag` filters
     min_date: bool
     max_date: bool
     search: bool
@@ -374,6 +494,11 @@ def _list_statements_for(shape: ListShape) -> tuple[AnySelect, AnySelect]:
             .correlate(None)  # its own users, not the joined author of the outer row
         )
         query = query.where(Post.author_id.in_(authors))
+    if shape.author_id:
+        query = query.where(Post.author_id == bindparam("author_id"))
+    for index in range(shape.tags):  # each through the (tag, post_id) index
+        tagged = select(PostTag.post_id).where(PostTag.tag == bindparam(f"tag_{index}"))
+        query = query.where(Post.id.in_(tagged))
     if shape.min_date:
         query = query.where(Post.created_at >= bindparam("min_date", type_=UTCDateTime()))
     if shape.max_date:
@@ -419,6 +544,10 @@ async def list_posts(
         params["viewer_id"] = viewer.id
     if filters.author:
         params["author_pattern"] = _like_pattern(filters.author)
+    if filters.author_id is not None:
+        params["author_id"] = filters.author_id
+    for index, tag in enumerate(filters.tag):
+        params[f"tag_{index}"] = tag
     if filters.min_date is not None:
         params["min_date"] = filters.min_date
     if filters.max_date is not None:
@@ -438,6 +567,8 @@ async def list_posts(
         published=filters.published,
         viewer=role,
         author=bool(filters.author),
+        author_id=filters.author_id is not None,
+        tags=len(filters.tag),
         min_date=filters.min_date is not None,
         max_date=filters.max_date is not None,
         search=bool(filters.q),
@@ -455,6 +586,84 @@ async def list_posts(
     if with_count:
         total = (await database.fetch_all(count_query, params))[0]["total"]
     return PostPage(posts, next_cursor, total)
+
+
+# --- slugs, tags, profiles -------------------------------------------------------------------
+
+POST_ID_BY_SLUG = select(Post.id).where(Post.slug == bindparam("slug"))
+
+
+async def post_id_by_slug(database: Database, slug: str) -> int | None:
+    """The id of the post with this (lower-case) slug, whatever its visibility."""
+    rows = await database.fetch_all(POST_ID_BY_SLUG, {"slug": slug})
+    return rows[0]["id"] if rows else None
+
+
+TAGS_SORT = "tags"
+_tag_count = func.count().label("post_count")
+_TAG_COUNTS = (
+    select(PostTag.tag.label("name"), _tag_count)
+    .join(Post, Post.id == PostTag.post_id)
+    .where(Post.published.is_(True))
+    .group_by(PostTag.tag)
+)
+_TAG_ORDER = (_tag_count.desc(), PostTag.tag.asc())
+TAG_PAGE = _TAG_COUNTS.order_by(*_TAG_ORDER).offset(bindparam("offset")).limit(bindparam("limit"))
+TAG_PAGE_AFTER = (
+    _TAG_COUNTS.having(
+        or_(
+            func.count() < bindparam("after_count"),
+            (func.count() == bindparam("after_count")) & (PostTag.tag > bindparam("after_name")),
+        )
+    )
+    .order_by(*_TAG_ORDER)
+    .offset(bindparam("offset"))
+    .limit(bindparam("limit"))
+)
+
+
+@dataclass
+class TagPage:
+    tags: list[Row]  # name, post_count
+    next_cursor: Cursor | None
+
+
+async def list_tags(
+    database: Database, *, skip: int = 0, limit: int = 50, cursor: str | None = None
+) -> TagPage:
+    """Tags of published posts with their counts, most used first, ties by name."""
+    params: dict[str, Any] = {"offset": skip, "limit": limit + 1}
+    statement = TAG_PAGE
+    if cursor is not None:
+        # A tag cursor carries the last row's name as its value and its count as its id.
+        after = Cursor.decode(cursor, TAGS_SORT)
+        params["after_name"], params["after_count"] = after.str_value(), after.id
+        statement = TAG_PAGE_AFTER
+    tags = await database.fetch_all(statement, params)
+    next_cursor = None
+    if len(tags) > limit:
+        tags = tags[:limit]
+        last = tags[-1]
+        next_cursor = Cursor(TAGS_SORT, last["name"], last["post_count"])
+    return TagPage(tags, next_cursor)
+
+
+_published_posts_of_user = (
+    select(func.count())
+    .where(Post.author_id == User.id, Post.published.is_(True))
+    .scalar_subquery()
+)
+PROFILE_BY_USERNAME = select(
+    User.id, User.username, User.created_at, _published_posts_of_user.label("post_count")
+).where(func.lower(User.username) == bindparam("username"))
+
+
+async def get_profile(database: Database, username: str) -> Row | None:
+    """A user's public profile (matched case-insensitively), or None."""
+    if "\x00" in username:  # no username holds one, and PostgreSQL would fail on it
+        return None
+    rows = await database.fetch_all(PROFILE_BY_USERNAME, {"username": username.lower()})
+    return rows[0] if rows else None
 
 
 # --- comments --------------------------------------------------------------------------------

@@ -74,6 +74,12 @@ class CommentNotFound(AppError):
     detail = "Comment not found"
 
 
+class UserNotFound(AppError):
+    status_code = 404
+    error_code = "USER_NOT_FOUND"
+    detail = "User not found"
+
+
 class UsernameTaken(AppError):
     status_code = 409
     error_code = "USERNAME_TAKEN"
@@ -99,6 +105,12 @@ class RateLimited(AppError):
 
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class SlugTaken(AppError):
+    status_code = 409
+    error_code = "SLUG_TAKEN"
+    detail = "Another post has this slug"
 
 
 class PreconditionFailed(AppError):

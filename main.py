@@ -32,7 +32,7 @@ from proxies import ClientAddressMiddleware
 from ratelimit import LoginAccountThrottle, RateLimitMiddleware
 from realtime import create_hub
 from redis_backend import RedisBackend
-from routes import auth, comments, health, posts
+from routes import auth, comments, health, posts, tags
 from routes import metrics as metrics_routes
 from routes import realtime as realtime_routes
 from security_headers import SecurityHeadersMiddleware
@@ -156,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     check_token = [Depends(get_optional_user)]
     common = error_responses(400, 401, 422, 429, 500, 503)
-    for router in (auth.router, posts.router, comments.router):
+    for router in (auth.router, posts.router, comments.router, tags.router):
         app.include_router(router, dependencies=check_token, responses=common)
     app.include_router(realtime_routes.router)
     if settings.docs_enabled:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -22,8 +23,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from rendering import Rendered, render, slug_from_title
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -82,6 +86,36 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+@functools.lru_cache(maxsize=64)
+def _rendered(content: str) -> Rendered:
+    return render(content)
+
+
+def _inserted(context: DefaultExecutionContext, column: str) -> Any:
+    # The row being inserted (one row per execution: inserts here never use multi-VALUES).
+    parameters = context.current_parameters
+    assert parameters is not None
+    return parameters[column]
+
+
+# What an insert that leaves the derived columns out gets (a bulk seed, a test's own rows): the
+# service itself always sets them (crud.create_post), and gives taken slugs their `-N`.
+def _default_slug(context: DefaultExecutionContext) -> str:
+    return slug_from_title(_inserted(context, "title"))
+
+
+def _default_html(context: DefaultExecutionContext) -> str:
+    return _rendered(_inserted(context, "content")).html
+
+
+def _default_excerpt(context: DefaultExecutionContext) -> str:
+    return _rendered(_inserted(context, "content")).excerpt
+
+
+def _default_reading_time(context: DefaultExecutionContext) -> int:
+    return _rendered(_inserted(context, "content")).reading_time_minutes
+
+
 class Post(Base):
     __tablename__ = "posts"
     __table_args__ = (
@@ -90,6 +124,7 @@ class Post(Base):
         Index("ix_posts_published_updated", "published", "updated_at", "id"),
         Index("ix_posts_published_title", "published", "title", "id"),
         Index("ix_posts_author_created", "author_id", "created_at", "id"),
+        Index("uq_posts_slug", "slug", unique=True),
         Index("ix_posts_search", "search_document", postgresql_using="gin").ddl_if(
             dialect="postgresql"
         ),
@@ -98,6 +133,18 @@ class Post(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     title: Mapped[str] = mapped_column(String(255))
     content: Mapped[str] = mapped_column(Text)
+    # Stored lower-case in the `[a-z0-9]` groups form, so the unique index is case-insensitive.
+    slug: Mapped[str] = mapped_column(String(80), default=_default_slug, server_default="")
+    # Derived from `content` when the post is written (rendering.render), never per read.
+    content_html: Mapped[str] = mapped_column(Text, default=_default_html, server_default="")
+    excerpt: Mapped[str] = mapped_column(Text, default=_default_excerpt, server_default="")
+    reading_time_minutes: Mapped[int] = mapped_column(
+        Integer, default=_default_reading_time, server_default="1"
+    )
+    # The post's tag names, sorted, joined by single spaces (a name has none): what a read shows,
+    # without a join. post_tags holds the same names as rows, for filtering and counting; both
+    # are written in the same transaction.
+    tags: Mapped[str] = mapped_column(Text, default="", server_default="")
     published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
@@ -119,6 +166,18 @@ class Post(Base):
     def author(self) -> str:
         """The author's username, as the API shows it."""
         return self.owner.username
+
+
+class PostTag(Base):
+    """One tag of one post: what `?tag=` filters and `GET /tags` counts go through."""
+
+    __tablename__ = "post_tags"
+    __table_args__ = (Index("ix_post_tags_tag_post", "tag", "post_id"),)
+
+    post_id: Mapped[int] = mapped_column(
+        ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(30), primary_key=True)
 
 
 class Comment(Base):

@@ -62,10 +62,15 @@ class Cursor:
 
 
 def next_link(path: str, params: dict[str, Any], cursor: Cursor) -> str:
-    """The `Link` header value for the next page: same filters, the new cursor."""
-    query = {k: _param(v) for k, v in params.items() if v is not None}
+    """The `Link` header value for the next page: same filters, the new cursor. A list value
+    repeats its parameter (`tag=a&tag=b`)."""
+    query: dict[str, str | list[str]] = {
+        k: [_param(item) for item in v] if isinstance(v, list) else _param(v)
+        for k, v in params.items()
+        if v is not None and v != []
+    }
     query["cursor"] = cursor.encode()
-    return f'<{path}?{urlencode(query)}>; rel="next"'
+    return f'<{path}?{urlencode(query, doseq=True)}>; rel="next"'
 
 
 def _param(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -22,6 +23,8 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
+
+from rendering import SLUG_FORM, SLUG_MAX_LENGTH, SLUG_PATTERN
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 MAX_SKIP = 1_000_000
@@ -119,6 +122,74 @@ class ValidationErrorItem(BaseModel):
     type: str = Field(examples=["string_too_short"])
 
 
+MAX_TAGS = 10
+TAG_PATTERN = r"^[a-z0-9-]{1,30}$"
+_TAG_FORM = re.compile(TAG_PATTERN)
+# What a client may send for one tag: trimmed and lower-cased before the rule above applies.
+TAG_INPUT_PATTERN = r"^\s*[A-Za-z0-9-]{1,30}\s*$"
+
+
+def normalise_tag(name: str) -> str:
+    """`Python` and ` python` are one tag; ValueError when the name cannot be one."""
+    tag = name.strip().lower()
+    if not _TAG_FORM.match(tag):
+        raise ValueError(f"a tag is 1-30 characters of a-z, 0-9 and -, not {name!r}")
+    return tag
+
+
+def _normalise_tags(names: list[str]) -> list[str]:
+    tags = sorted({normalise_tag(name) for name in names})
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} distinct tags")
+    return tags
+
+
+Tags = Annotated[
+    list[Annotated[str, StringConstraints(max_length=100)]],
+    Field(max_length=50),
+    AfterValidator(_normalise_tags),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "maxItems": MAX_TAGS,
+            "items": {"type": "string", "pattern": TAG_INPUT_PATTERN},
+            "description": "Tag names, trimmed and lower-cased (`Python` is `python`); "
+            f"at most {MAX_TAGS} distinct ones. On update, replaces the whole list.",
+        }
+    ),
+]
+
+
+def _normalise_slug(value: str) -> str:
+    slug = value.lower()
+    if not SLUG_FORM.match(slug):
+        raise ValueError("a slug is groups of a-z and 0-9 joined by single hyphens")
+    return slug
+
+
+SLUG_INPUT_PATTERN = SLUG_PATTERN.replace("a-z0-9", "A-Za-z0-9")
+Slug = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=SLUG_MAX_LENGTH),
+    AfterValidator(_normalise_slug),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": SLUG_MAX_LENGTH,
+            "pattern": SLUG_INPUT_PATTERN,
+            "description": "Lower-cased; unique case-insensitively (else 409 SLUG_TAKEN).",
+            "examples": ["hello-world"],
+        }
+    ),
+]
+
+
+def _split_tags(value: Any) -> Any:
+    """Posts store their tags as one space-separated string (models.Post.tags)."""
+    return value.split() if isinstance(value, str) else value
+
+
 class ErrorResponse(BaseModel):
     """The envelope of every error answer."""
 
@@ -186,6 +257,10 @@ class PostCreate(BaseModel):
     title: Title = Field(examples=["Hello, world"])
     content: Content = Field(examples=["My first post."])
     published: bool = True
+    tags: Tags = Field(default_factory=list, examples=[["python", "async"]])
+    slug: Slug | None = Field(
+        default=None, description="Made from the title when left out (`-2`, `-3`, ... if taken)."
+    )
 
 
 class PostUpdate(BaseModel):
@@ -196,8 +271,10 @@ class PostUpdate(BaseModel):
     title: Title | None = None
     content: Content | None = None
     published: bool | None = None
+    tags: Tags | None = None
+    slug: Slug | None = None
 
-    @field_validator("title", "content", "published", mode="before")
+    @field_validator("title", "content", "published", "tags", "slug", mode="before")
     @classmethod
     def _null_is_not_a_value(cls, value: object) -> object:
         if value is None:
@@ -210,12 +287,39 @@ class PostRead(BaseModel):
 
     id: int
     title: str
-    content: str
+    slug: str = Field(description="Unique; kept when the title changes.")
+    content: str = Field(description="Markdown (CommonMark, tables, strikethrough).")
+    content_html: str = Field(
+        description="`content` rendered and sanitized: formatting elements only; links get "
+        '`rel="nofollow noopener"`; no script, style, iframe, event attribute or other raw HTML.'
+    )
+    excerpt: str = Field(
+        description="The rendering's plain text, at most 200 characters, cut at a word boundary "
+        "and ending in `…` when cut."
+    )
+    reading_time_minutes: int = Field(ge=1, description="Words / 230, rounded up.")
+    tags: Annotated[list[str], BeforeValidator(_split_tags)] = Field(
+        description="Tag names, sorted."
+    )
     author: str = Field(description="The author's username.")
     author_id: int
     published: bool
     created_at: AwareDatetime
     updated_at: AwareDatetime
+
+
+class TagCount(BaseModel):
+    name: str
+    post_count: int = Field(description="Published posts carrying the tag.")
+
+
+class UserProfile(BaseModel):
+    """What anyone may see of a user."""
+
+    id: int
+    username: str
+    created_at: AwareDatetime
+    post_count: int = Field(description="Published posts.")
 
 
 class PostSort(StrEnum):
@@ -240,6 +344,8 @@ class PostFilters(BaseModel):
     """The list filters, validated; the next-page link repeats them."""
 
     author: str | None = None
+    author_id: int | None = None
+    tag: list[str] = []
     min_date: datetime | None = None
     max_date: datetime | None = None
     q: str | None = None

@@ -6,15 +6,21 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from pydantic import TypeAdapter
 
 import crud
 import idempotency
-from cache import etag_of
+from cache import CachedPost, etag_of
 from deps import CurrentUser, DatabaseDep, OptionalUser, SessionDep
 from effects import EffectsDep, PostReaderDep
-from errors import InvalidQuery, NotAuthenticated, PreconditionFailed, error_responses
+from errors import (
+    InvalidQuery,
+    NotAuthenticated,
+    PostNotFound,
+    PreconditionFailed,
+    error_responses,
+)
 from idempotency import IdempotencyKey, answer_response
 from models import Post, as_utc
 from openapi_document import (
@@ -26,8 +32,11 @@ from openapi_document import (
     X_TOTAL_COUNT,
 )
 from pagination import next_link
+from rendering import SLUG_FORM, SLUG_MAX_LENGTH
 from schemas import (
     MAX_ID,
+    MAX_TAGS,
+    TAG_INPUT_PATTERN,
     DateBound,
     Limit,
     ObjectId,
@@ -38,6 +47,7 @@ from schemas import (
     PostUpdate,
     Skip,
     header_schema,
+    normalise_tag,
 )
 
 router = APIRouter(prefix="/posts", tags=["posts"])
@@ -93,6 +103,32 @@ def _utc_bound(value: datetime | None, name: str) -> datetime | None:
         raise InvalidQuery(["query", name], f"{name} is out of range") from None
 
 
+def normalised_tags(tags: list[str], name: str = "tag") -> list[str]:
+    """Query `tag` values as posts store them (trimmed, lower-case), deduplicated; 422 else."""
+    try:
+        return sorted({normalise_tag(tag) for tag in tags})
+    except ValueError as exc:
+        raise InvalidQuery(["query", name], str(exc)) from None
+
+
+TagFilter = Annotated[
+    list[str],
+    Query(
+        max_length=MAX_TAGS,
+        json_schema_extra={"items": {"type": "string", "pattern": TAG_INPUT_PATTERN}},
+        description="Repeatable: posts carrying every tag given (trimmed, case-insensitive).",
+    ),
+]
+
+
+def if_none_match_matches(entry_etag: str, if_none_match: str | None) -> bool:
+    # If-None-Match compares weakly (RFC 9110 13.1.2): W/"x" matches "x".
+    return if_none_match is not None and (
+        entry_etag in [tag.removeprefix("W/") for tag in _listed_etags(if_none_match)]
+        or if_none_match.strip() == "*"
+    )
+
+
 IfMatch = Annotated[
     str | None,
     Header(description="An ETag from GET /posts/{id}; the write happens only if it still matches."),
@@ -124,6 +160,10 @@ async def list_posts(
         str | None,
         Query(min_length=1, max_length=50, pattern=NO_NUL, description="Username substring."),
     ] = None,
+    author_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Exactly this author's posts.")
+    ] = None,
+    tag: TagFilter = [],  # noqa: B006  (FastAPI copies defaults; never mutated)
     min_date: Annotated[DateBound, Query(description="created_at ≥ this (UTC if naive).")] = None,
     max_date: Annotated[DateBound, Query(description="created_at ≤ this (UTC if naive).")] = None,
     q: Annotated[
@@ -144,6 +184,8 @@ async def list_posts(
         raise NotAuthenticated("Sign in to list drafts")
     filters = PostFilters(
         author=author,
+        author_id=author_id,
+        tag=normalised_tags(tag),
         min_date=_utc_bound(min_date, "min_date"),
         max_date=_utc_bound(max_date, "max_date"),
         q=q,
@@ -188,14 +230,41 @@ async def get_post(
 ) -> Response:
     """Read one post (cached; `X-Cache: HIT|MISS`); drafts only for their owner and admins."""
     entry, hit = await reader.read(post_id, viewer)
+    return _cached_post_response(entry, hit, if_none_match)
+
+
+def _cached_post_response(entry: CachedPost, hit: bool, if_none_match: str | None) -> Response:
     headers = {"ETag": entry.etag, "X-Cache": "HIT" if hit else "MISS"}
-    if if_none_match is not None and (
-        # If-None-Match compares weakly (RFC 9110 13.1.2): W/"x" matches "x".
-        entry.etag in [tag.removeprefix("W/") for tag in _listed_etags(if_none_match)]
-        or if_none_match.strip() == "*"
-    ):
+    if if_none_match_matches(entry.etag, if_none_match):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     return Response(entry.body, media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/slug/{slug}",
+    response_model=PostRead,
+    operation_id="get_post_by_slug",
+    responses={
+        200: {"headers": {"ETag": ETAG, "X-Cache": X_CACHE}},
+        304: {
+            "description": "If-None-Match matched the current ETag.",
+            "headers": {"ETag": ETAG, "X-Cache": X_CACHE},
+        },
+        **error_responses(404, _404="POST_NOT_FOUND"),
+    },
+)
+async def get_post_by_slug(
+    slug: Annotated[str, Path(max_length=200, description="Matched case-insensitively.")],
+    viewer: OptionalUser,
+    reader: PostReaderDep,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Read one post by its slug: the same answer as GET /posts/{id} (ETag, cache, drafts)."""
+    slug = slug.lower()
+    if len(slug) > SLUG_MAX_LENGTH or not SLUG_FORM.match(slug):
+        raise PostNotFound()  # no post can have it
+    entry, hit = await reader.read_by_slug(slug, viewer)
+    return _cached_post_response(entry, hit, if_none_match)
 
 
 @router.post(
@@ -206,7 +275,10 @@ async def get_post(
     responses={
         201: {"headers": {"Location": LOCATION, "Idempotent-Replayed": IDEMPOTENT_REPLAYED}},
         **error_responses(
-            409, 413, _409="POST_TITLE_EXISTS, or IDEMPOTENCY_KEY_IN_USE while a retry runs"
+            409,
+            413,
+            _409="POST_TITLE_EXISTS, SLUG_TAKEN (a slug sent that another post has), or "
+            "IDEMPOTENCY_KEY_IN_USE while a retry runs",
         ),
     },
 )
@@ -218,7 +290,7 @@ async def create_post(
     effects: EffectsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Create a post; its title must be unique (case-insensitively)."""
+    """Create a post; its title and slug must be unique (case-insensitively)."""
     scope = await idempotency.scope_for(request, user, idempotency_key)
     if scope is None:
         answer = _created(await crud.create_post(database, user, data))
@@ -256,7 +328,7 @@ async def _update(
     operation_id="replace_post",
     responses={
         200: {"headers": {"ETag": ETAG}},
-        **error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
+        **error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS or SLUG_TAKEN"),
     },
 )
 async def replace_post(
@@ -278,7 +350,7 @@ async def replace_post(
     operation_id="update_post",
     responses={
         200: {"headers": {"ETag": ETAG}},
-        **error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS"),
+        **error_responses(403, 404, 409, 412, 413, _409="POST_TITLE_EXISTS or SLUG_TAKEN"),
     },
 )
 async def update_post(

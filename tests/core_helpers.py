@@ -17,7 +17,12 @@ LINK_NEXT = re.compile(r'^<([^>]+)>;\s*rel="next"$')
 POST_FIELDS = {
     "id",
     "title",
+    "slug",
     "content",
+    "content_html",
+    "excerpt",
+    "reading_time_minutes",
+    "tags",
     "author",
     "author_id",
     "published",
