@@ -648,6 +648,7 @@ async def list_tags(
     return TagPage(tags, next_cursor)
 
 
+MAX_USERNAME_LENGTH = 50
 _published_posts_of_user = (
     select(func.count())
     .where(Post.author_id == User.id, Post.published.is_(True))
@@ -660,7 +661,7 @@ PROFILE_BY_USERNAME = select(
 
 async def get_profile(database: Database, username: str) -> Row | None:
     """A user's public profile (matched case-insensitively), or None."""
-    if "\x00" in username:  # no username holds one, and PostgreSQL would fail on it
+    if "\x00" in username or len(username) > MAX_USERNAME_LENGTH:  # no user has such a name
         return None
     rows = await database.fetch_all(PROFILE_BY_USERNAME, {"username": username.lower()})
     return rows[0] if rows else None

@@ -48,7 +48,7 @@ async def list_tags(
     responses=error_responses(404, _404="USER_NOT_FOUND"),
 )
 async def read_profile(
-    username: Annotated[str, Path(max_length=50, description="Case-insensitive.")],
+    username: Annotated[str, Path(description="Matched case-insensitively.")],
     database: DatabaseDep,
 ) -> object:
     """A user's public profile: never email or role."""
