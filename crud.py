@@ -251,7 +251,10 @@ def _unique_index_hit(exc: IntegrityError) -> str:
     return "slug" if "uq_posts_slug" in first_line or "posts.slug" in first_line else "title"
 
 
-TAKEN_SLUGS = select(Post.slug).where(Post.slug.in_(bindparam("candidates", expanding=True)))
+# One bind parameter per candidate (the driver path takes no expanding IN lists).
+TAKEN_SLUGS = select(Post.slug).where(
+    Post.slug.in_([bindparam(f"slug_{n}") for n in range(SLUG_CANDIDATES)])
+)
 
 
 async def _free_slug(database: Database, base: str) -> str:
@@ -259,7 +262,8 @@ async def _free_slug(database: Database, base: str) -> str:
     first = 2
     while True:
         candidates = [numbered_slug(base, n) for n in range(first, first + SLUG_CANDIDATES)]
-        rows = await database.fetch_all(TAKEN_SLUGS, {"candidates": candidates})
+        params = {f"slug_{n}": candidate for n, candidate in enumerate(candidates)}
+        rows = await database.fetch_all(TAKEN_SLUGS, params)
         taken = {row["slug"] for row in rows}
         for candidate in candidates:
             if candidate not in taken:

@@ -27,6 +27,8 @@ SQLITE_INDEXES = {
     "ix_posts_published_updated",
     "ix_posts_published_title",
     "ix_posts_author_created",
+    "uq_posts_slug",
+    "ix_post_tags_tag_post",
 }
 SQLITE_TRIGGERS = {"posts_fts_insert", "posts_fts_delete", "posts_fts_update"}
 
@@ -207,3 +209,83 @@ def test_postgres_upgrade_downgrade_upgrade(postgres_url: str) -> None:
         alembic_upgrade(postgres_url)
     assert_postgres_schema(postgres_url)
     check(postgres_url)
+
+
+# --- 0006: existing posts get their rendering and slugs -------------------------------------------
+
+EXISTING_POSTS = [
+    (1, "Crème brûlée", "*Rich* <script>alert(1)</script> dessert"),
+    (2, "Creme Brulee!", "second"),
+    (3, "???", "word " * 300),
+]
+
+
+def _upgrade_to(database_url: str, revision: str) -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def assert_rendered(rows: list[tuple[int, str, str, str, int, str]]) -> None:
+    by_id = {row[0]: row[1:] for row in rows}
+    assert by_id[1][0] == "creme-brulee"
+    assert by_id[2][0] == "creme-brulee-2"
+    assert by_id[3][0] == "post"
+    assert by_id[1][1] == "<p><em>Rich</em>  dessert</p>\n"
+    assert by_id[1][2] == "Rich dessert"
+    assert by_id[3][3] == 2  # 300 words
+    assert by_id[3][2].endswith("…")
+    assert all(row[4] == "" for row in by_id.values())  # no tags yet
+
+
+SELECT_RENDERED = (
+    "SELECT id, slug, content_html, excerpt, reading_time_minutes, tags FROM posts ORDER BY id"
+)
+
+
+def test_sqlite_0006_renders_existing_posts(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    in_own_thread(_upgrade_to, url, "0004")
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO users (id, username, email, password_hash, role, created_at) "
+            "VALUES (1, 'u', 'u@example.com', 'x', 'user', '2026-01-01 00:00:00.000000')"
+        )
+        for post_id, title, content in EXISTING_POSTS:
+            connection.execute(
+                "INSERT INTO posts (id, title, content, published, author_id, version, "
+                "created_at, updated_at) VALUES (?, ?, ?, 1, 1, 1, "
+                "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')",
+                (post_id, title, content),
+            )
+    alembic_upgrade(url)
+    with sqlite3.connect(path) as connection:
+        assert_rendered(connection.execute(SELECT_RENDERED).fetchall())
+    assert_sqlite_schema(path)
+    check(url)
+
+
+@pytest.mark.postgres
+def test_postgres_0006_renders_existing_posts(postgres_url: str) -> None:
+    try:
+        reset_postgres_schema(postgres_url)
+        in_own_thread(_upgrade_to, postgres_url, "0004")
+        postgres_query(
+            postgres_url,
+            "INSERT INTO users (id, username, email, password_hash, role, created_at) "
+            "VALUES (1, 'u', 'u@example.com', 'x', 'user', now())",
+        )
+        for post_id, title, content in EXISTING_POSTS:
+            title_sql, content_sql = title.replace("'", "''"), content.replace("'", "''")
+            postgres_query(
+                postgres_url,
+                "INSERT INTO posts (id, title, content, published, author_id, version, "
+                f"created_at, updated_at) VALUES ({post_id}, '{title_sql}', '{content_sql}', "
+                "true, 1, 1, now(), now())",
+            )
+        alembic_upgrade(postgres_url)
+        rows = postgres_query(postgres_url, SELECT_RENDERED)
+        assert_rendered([tuple(row.values()) for row in rows])
+        check(postgres_url)
+    finally:
+        reset_postgres_schema(postgres_url)
+        alembic_upgrade(postgres_url)
