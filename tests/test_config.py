@@ -271,3 +271,36 @@ def test_allowed_hosts_and_metrics_token(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.metrics_token is None
     monkeypatch.setenv("ALLOWED_HOSTS", "")
     assert make().allowed_hosts == ["*"]
+
+
+# --- PUBLIC_BASE_URL -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("https://blog.example.com", "https://blog.example.com"),
+        (" https://blog.example.com/ ", "https://blog.example.com"),
+        ("http://127.0.0.1:8000/blog/", "http://127.0.0.1:8000/blog"),
+        ("", None),
+    ],
+)
+def test_public_base_url_accepted(
+    monkeypatch: pytest.MonkeyPatch, given: str, expected: str | None
+) -> None:
+    assert make(public_base_url=given).public_base_url == expected
+    monkeypatch.setenv("PUBLIC_BASE_URL", given)
+    assert make().public_base_url == expected
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["blog.example.com", "ftp://x.example", "https://", "https://x.example/?q=1", "https://a b"],
+)
+def test_public_base_url_refused(given: str) -> None:
+    with pytest.raises(ValidationError):
+        make(public_base_url=given)
+
+
+def test_public_base_url_default_is_unset() -> None:
+    assert make().public_base_url is None

@@ -379,3 +379,59 @@ async def test_public_profile(client: httpx.AsyncClient, user_headers: dict[str,
     for missing in ("nobody", "x" * 51, "a%00b", "al"):
         assert_error(await client.get(f"/users/{missing}"), 404, "USER_NOT_FOUND")
     assert (await client.get("/users/me", headers=user_headers)).json()["email"]
+
+
+# --- idempotent creates (the session path) -------------------------------------------------------
+
+
+async def test_idempotent_create_with_tags_and_a_taken_slug(
+    client: httpx.AsyncClient, user_headers: dict[str, str], app: FastAPI
+) -> None:
+    await create_post(client, user_headers, "Keyed")
+    body = {"title": "Keyed!", "content": "x", "tags": ["One", "two"]}
+    headers = {**user_headers, "Idempotency-Key": "keyed-1"}
+    first = await client.post("/posts", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert first.json()["slug"] == "keyed-2"  # retried inside the transaction
+    assert first.json()["tags"] == ["one", "two"]
+    again = await client.post("/posts", json=body, headers=headers)
+    assert again.status_code == 201 and again.json() == first.json()
+    assert ids(await client.get("/posts", params={"tag": "two"})) == [first.json()["id"]]
+    taken = await client.post(
+        "/posts",
+        json={"title": "Keyed again", "content": "x", "slug": "keyed"},
+        headers={**user_headers, "Idempotency-Key": "keyed-2"},
+    )
+    assert_error(taken, 409, "SLUG_TAKEN")
+    async with app.state.database.sessionmaker() as session:
+        count = (await session.execute(text("SELECT count(*) FROM posts"))).scalar_one()
+    assert count == 2
+
+
+# --- the OpenAPI document ------------------------------------------------------------------------
+
+
+async def test_openapi_describes_the_new_fields_and_endpoints(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    post = schemas["PostRead"]["properties"]
+    assert {"slug", "content_html", "excerpt", "reading_time_minutes", "tags"} <= set(post)
+    assert post["tags"]["type"] == "array"
+    assert {"tags", "slug"} <= set(schemas["PostCreate"]["properties"])
+    assert {"tags", "slug"} <= set(schemas["PostUpdate"]["properties"])
+    paths = document["paths"]
+    assert {"/posts/slug/{slug}", "/tags", "/users/{username}", "/feed.atom"} <= set(paths)
+    list_params = {p["name"] for p in paths["/posts"]["get"]["parameters"]}
+    assert {"author_id", "tag"} <= list_params
+    feed_params = {p["name"] for p in paths["/feed.atom"]["get"]["parameters"]}
+    assert "tag" in feed_params
+    assert (
+        "application/atom+xml; charset=utf-8"
+        in paths["/feed.atom"]["get"]["responses"]["200"]["content"]
+    )
+    assert "USER_NOT_FOUND" in paths["/users/{username}"]["get"]["responses"]["404"]["description"]
+    assert "SLUG_TAKEN" in paths["/posts"]["post"]["responses"]["409"]["description"]
+    assert "SLUG_TAKEN" in paths["/posts/{post_id}"]["patch"]["responses"]["409"]["description"]
+    assert "POST_NOT_FOUND" in paths["/posts/slug/{slug}"]["get"]["responses"]["404"]["description"]
+    profile = schemas["UserProfile"]["properties"]
+    assert set(profile) == {"id", "username", "created_at", "post_count"}
