@@ -10,9 +10,11 @@ matter to a client:
                         `q` (full-text on the stored posts.search_document, as crud.py),
                         `author` (case-insensitive username substring); a
                         `Link: <...>; rel="next"` header built exactly as pagination.py does
-    POST /posts         201 + Location; the bearer JWT *is* verified (pyjwt, HS256, SECRET_KEY,
-                        sub/exp/iat required) and the author looked up in the same statement as
-                        the insert, so the ceiling does the work the contract needs, no more
+    POST /posts         201 + Location; the content rendered by the service's rendering.py
+                        (markdown-it-py + nh3), the slug made from the title; the bearer
+                        JWT *is* verified (pyjwt, HS256, SECRET_KEY, sub/exp/iat required)
+                        and the author looked up in the same statement as the insert, so
+                        the ceiling does the work the contract needs, no more
 
 Being a ceiling, the asyncpg pool skips its per-release reset query (nothing here changes
 session state) and every query runs as a prepared statement from asyncpg's statement cache.
@@ -28,9 +30,11 @@ import base64
 import binascii
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -42,6 +46,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rendering import render, slug_from_title
+
 # The stored full-text document (models.Post.search_document, GIN index ix_posts_search).
 SEARCH_DOCUMENT = "p.search_document"
 SORT = "-created_at"  # the default (and only) order the ceiling serves
@@ -49,7 +56,8 @@ JWT_ALGORITHM = "HS256"
 JSON = "application/json"
 
 COLUMNS = (
-    "p.id, p.title, p.content, u.username, p.author_id, p.published, p.created_at, p.updated_at"
+    "p.id, p.title, p.slug, p.content, p.content_html, p.excerpt, p.reading_time_minutes, p.tags, "
+    "u.username, p.author_id, p.published, p.created_at, p.updated_at"
 )
 GET_POST = (
     f"SELECT {COLUMNS}, p.version FROM posts p JOIN users u ON u.id = p.author_id "
@@ -58,8 +66,9 @@ GET_POST = (
 CREATE_POST = f"""
 WITH author AS (SELECT id, username FROM users WHERE id = $1),
 inserted AS (
-    INSERT INTO posts (title, content, published, author_id, version, created_at, updated_at)
-    SELECT $2, $3, $4, author.id, 1, $5, $5 FROM author
+    INSERT INTO posts (title, content, published, author_id, version, created_at, updated_at,
+                       slug, content_html, excerpt, reading_time_minutes, tags)
+    SELECT $2, $3, $4, author.id, 1, $5, $5, $6, $7, $8, $9, '' FROM author
     RETURNING *
 )
 SELECT {COLUMNS.replace("u.username", "author.username")}
@@ -107,12 +116,17 @@ def _post(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row[0],
         "title": row[1],
-        "content": row[2],
-        "author": row[3],
-        "author_id": row[4],
-        "published": row[5],
-        "created_at": row[6],
-        "updated_at": row[7],
+        "slug": row[2],
+        "content": row[3],
+        "content_html": row[4],
+        "excerpt": row[5],
+        "reading_time_minutes": row[6],
+        "tags": row[7].split(),
+        "author": row[8],
+        "author_id": row[9],
+        "published": row[10],
+        "created_at": row[11],
+        "updated_at": row[12],
     }
 
 
@@ -163,7 +177,7 @@ async def get_post(request: Request) -> Response:
     row = await request.app.state.pool.fetchrow(GET_POST, post_id)
     if row is None:
         return _error(404, "Post not found", "POST_NOT_FOUND")
-    etag = f'"{row[0]}-{row[8]}"'
+    etag = f'"{row[0]}-{row[13]}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
     return Response(_dumps(_post(row)), headers={"ETag": etag}, media_type=JSON)
@@ -224,7 +238,7 @@ async def list_posts(request: Request) -> Response:
         if q:
             query["q"] = q
         query["sort"] = SORT
-        query["cursor"] = encode_cursor(last[6], last[0])
+        query["cursor"] = encode_cursor(last[11], last[0])
         headers["Link"] = f'</posts?{urlencode(query)}>; rel="next"'
     return Response(_dumps([_post(row) for row in rows]), headers=headers, media_type=JSON)
 
@@ -261,9 +275,20 @@ async def create_post(request: Request) -> Response:
     if not valid:
         return _error(422, "title, content and published are required", "VALIDATION_ERROR")
     now = datetime.now(UTC)
+    # The rendering the service stores (bench titles slugify uniquely: no `-N` retries here).
+    rendered = render(content)
     try:
         row = await request.app.state.pool.fetchrow(
-            CREATE_POST, user_id, title, content, published, now
+            CREATE_POST,
+            user_id,
+            title,
+            content,
+            published,
+            now,
+            slug_from_title(title),
+            rendered.html,
+            rendered.excerpt,
+            rendered.reading_time_minutes,
         )
     except asyncpg.UniqueViolationError:
         return _error(409, "A post with this title already exists", "POST_TITLE_EXISTS")
