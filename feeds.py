@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -15,6 +16,15 @@ FEED_SIZE = 20
 FEED_TITLE = "Blog API"
 # An empty feed's `updated`: a fixed time, so that its ETag does not change by itself.
 EMPTY_FEED_UPDATED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# What XML 1.0 cannot carry (control characters other than tab and line ends, lone surrogates,
+# U+FFFE/U+FFFF): titles and content may hold them, a feed shows U+FFFD instead.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(value: str) -> str:
+    return _NOT_XML.sub("\ufffd", value)
 
 
 def feed_path(tags: Sequence[str]) -> str:
@@ -41,13 +51,13 @@ def build_feed(base_url: str, tags: Sequence[str], posts: Sequence[Row]) -> byte
         url = f"{base_url}/posts/{post['id']}"
         entry = feed.add_entry()
         entry.id(url)  # by id, not slug: stable across every edit
-        entry.title(post["title"])
+        entry.title(_xml_text(post["title"]))
         entry.link(href=url, rel="alternate", type="application/json")
         entry.published(post["created_at"])
         entry.updated(post["updated_at"])
         entry.author(name=post["author"])
-        entry.summary(post["excerpt"])
-        entry.content(post["content_html"], type="html")
+        entry.summary(_xml_text(post["excerpt"]))
+        entry.content(_xml_text(post["content_html"]), type="html")
         for tag in post["tags"].split():
             entry.category(term=tag)
     document: bytes = feed.atom_str(pretty=False, encoding="UTF-8")

@@ -117,3 +117,16 @@ async def test_feed_links_use_public_base_url(
     assert feed.feed.id == "https://blog.example.com/feed.atom"
     assert feed.entries[0].link == f"https://blog.example.com/posts/{post['id']}"
     assert b"evil.example" not in response.content
+
+
+async def test_feed_carries_text_xml_cannot_hold(
+    client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    """Control characters are valid in titles and content but not in XML 1.0: shown as U+FFFD."""
+    await create_post(
+        client, user_headers, "Bell\x07 and\x1f unit", content="esc\x1b text \U0001f600"
+    )
+    feed = parse_feed(await client.get("/feed.atom"))
+    (entry,) = feed.entries
+    assert entry.title == "Bell\ufffd and\ufffd unit"
+    assert "\ufffd" in entry.summary and "\U0001f600" in entry.summary
