@@ -132,7 +132,7 @@ TAG_INPUT_PATTERN = r"^\s*[A-Za-z0-9-]{1,30}\s*$"
 def normalise_tag(name: str) -> str:
     """`Python` and ` python` are one tag; ValueError when the name cannot be one."""
     tag = name.strip().lower()
-    if not _TAG_FORM.match(tag):
+    if not _TAG_FORM.fullmatch(tag):
         raise ValueError(f"a tag is 1-30 characters of a-z, 0-9 and -, not {name!r}")
     return tag
 
@@ -162,7 +162,7 @@ Tags = Annotated[
 
 def _normalise_slug(value: str) -> str:
     slug = value.lower()
-    if not SLUG_FORM.match(slug):
+    if not SLUG_FORM.fullmatch(slug):
         raise ValueError("a slug is groups of a-z and 0-9 joined by single hyphens")
     return slug
 

@@ -261,7 +261,7 @@ async def get_post_by_slug(
 ) -> Response:
     """Read one post by its slug: the same answer as GET /posts/{id} (ETag, cache, drafts)."""
     slug = slug.lower()
-    if len(slug) > SLUG_MAX_LENGTH or not SLUG_FORM.match(slug):
+    if len(slug) > SLUG_MAX_LENGTH or not SLUG_FORM.fullmatch(slug):
         raise PostNotFound()  # no post can have it
     entry, hit = await reader.read_by_slug(slug, viewer)
     return _cached_post_response(entry, hit, if_none_match)

@@ -118,7 +118,7 @@ async def test_client_slug_on_create_and_update(
 
 async def test_bad_slugs_are_422(client: httpx.AsyncClient, user_headers: dict[str, str]) -> None:
     post = await create_post(client, user_headers, "Target")
-    for bad in ["", "-a", "a-", "a--b", "a b", "a_b", "é", "a" * 81, "a/b", None]:
+    for bad in ["", "-a", "a-", "a--b", "a b", "a_b", "é", "a" * 81, "a/b", "abc\n", None]:
         response = await client.post(
             "/posts",
             json={"title": f"Bad {bad!r}", "content": "x", "slug": bad},
@@ -221,7 +221,17 @@ async def test_tags_are_normalised_sorted_and_replaced(
 
 
 async def test_bad_tags_are_422(client: httpx.AsyncClient, user_headers: dict[str, str]) -> None:
-    for bad in [[""], ["   "], ["a b"], ["ü"], ["x" * 31], [f"t{n}" for n in range(11)], [1], "a"]:
+    for bad in [
+        [""],
+        ["   "],
+        ["a b"],
+        ["ü"],
+        ["x" * 31],
+        ["a\nb"],
+        [f"t{n}" for n in range(11)],
+        [1],
+        "a",
+    ]:
         response = await client.post(
             "/posts", json={"title": "Bad tags", "content": "x", "tags": bad}, headers=user_headers
         )
