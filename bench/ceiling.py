@@ -59,6 +59,8 @@ COLUMNS = (
     "p.id, p.title, p.slug, p.content, p.content_html, p.excerpt, p.reading_time_minutes, p.tags, "
     "u.username, p.author_id, p.published, p.created_at, p.updated_at"
 )
+# Positions in a row of COLUMNS (+ version in GET_POST).
+CREATED_AT, VERSION = 11, 13
 GET_POST = (
     f"SELECT {COLUMNS}, p.version FROM posts p JOIN users u ON u.id = p.author_id "
     "WHERE p.id = $1 AND p.published IS true"
@@ -167,6 +169,13 @@ def _int_param(request: Request, name: str, default: int | None, low: int, high:
     return value
 
 
+def derived_values(title: str, content: str) -> tuple[str, str, str, int]:
+    """CREATE_POST's $6-$9, as the service stores them: the slug (bench titles slugify uniquely,
+    so no `-N` retries here) and the rendering."""
+    rendered = render(content)
+    return slug_from_title(title), rendered.html, rendered.excerpt, rendered.reading_time_minutes
+
+
 # --- endpoints -------------------------------------------------------------------------------
 
 
@@ -177,7 +186,7 @@ async def get_post(request: Request) -> Response:
     row = await request.app.state.pool.fetchrow(GET_POST, post_id)
     if row is None:
         return _error(404, "Post not found", "POST_NOT_FOUND")
-    etag = f'"{row[0]}-{row[13]}"'
+    etag = f'"{row[0]}-{row[VERSION]}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
     return Response(_dumps(_post(row)), headers={"ETag": etag}, media_type=JSON)
@@ -238,7 +247,7 @@ async def list_posts(request: Request) -> Response:
         if q:
             query["q"] = q
         query["sort"] = SORT
-        query["cursor"] = encode_cursor(last[11], last[0])
+        query["cursor"] = encode_cursor(last[CREATED_AT], last[0])
         headers["Link"] = f'</posts?{urlencode(query)}>; rel="next"'
     return Response(_dumps([_post(row) for row in rows]), headers=headers, media_type=JSON)
 
@@ -275,20 +284,9 @@ async def create_post(request: Request) -> Response:
     if not valid:
         return _error(422, "title, content and published are required", "VALIDATION_ERROR")
     now = datetime.now(UTC)
-    # The rendering the service stores (bench titles slugify uniquely: no `-N` retries here).
-    rendered = render(content)
     try:
         row = await request.app.state.pool.fetchrow(
-            CREATE_POST,
-            user_id,
-            title,
-            content,
-            published,
-            now,
-            slug_from_title(title),
-            rendered.html,
-            rendered.excerpt,
-            rendered.reading_time_minutes,
+            CREATE_POST, user_id, title, content, published, now, *derived_values(title, content)
         )
     except asyncpg.UniqueViolationError:
         return _error(409, "A post with this title already exists", "POST_TITLE_EXISTS")

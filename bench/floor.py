@@ -31,17 +31,20 @@ import orjson
 from ceiling import (
     COLUMNS,
     CREATE_POST,
+    CREATED_AT,
     GET_POST,
     JSON,
     JWT_ALGORITHM,
     SEARCH_DOCUMENT,
     SORT,
+    VERSION,
     _dsn,
     _dumps,
     _like_pattern,
     _no_reset,
     _post,
     decode_cursor,
+    derived_values,
     encode_cursor,
 )
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
@@ -127,7 +130,7 @@ async def get_post(
     row = await pool.fetchrow(GET_POST, post_id)
     if row is None:
         return _not_found()
-    etag = f'"{row[0]}-{row[8]}"'
+    etag = f'"{row[0]}-{row[VERSION]}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     return Response(_dumps(_post(row)), headers={"ETag": etag}, media_type=JSON)
@@ -179,7 +182,7 @@ async def list_posts(
         if q:
             query["q"] = q
         query["sort"] = SORT
-        query["cursor"] = encode_cursor(last[6], last[0])
+        query["cursor"] = encode_cursor(last[CREATED_AT], last[0])
         headers["Link"] = f'</posts?{urlencode(query)}>; rel="next"'
     return Response(_dumps([_post(row) for row in rows]), headers=headers, media_type=JSON)
 
@@ -190,7 +193,13 @@ async def create_post(data: PostCreate, user_id: UserId, pool: PoolDep) -> Respo
     now = datetime.now(UTC)
     try:
         row = await pool.fetchrow(
-            CREATE_POST, user_id, data.title, data.content, data.published, now
+            CREATE_POST,
+            user_id,
+            data.title,
+            data.content,
+            data.published,
+            now,
+            *derived_values(data.title, data.content),
         )
     except asyncpg.UniqueViolationError:
         raise HTTPException(409, "A post with this title already exists") from None
