@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import TypeAdapter
 
 import crud
 import feeds
 from deps import DatabaseDep, SettingsDep
 from errors import InvalidQuery, UserNotFound, error_responses
+from openapi_document import LINK, header
 from pagination import next_link
-from routes.posts import TagFilter, if_none_match_matches, normalised_tags
+from routes.posts import IfNoneMatch, TagFilter, if_none_match_matches, normalised_tags
 from schemas import PostFilters, Skip, TagCount, UserProfile
 
 router = APIRouter()
@@ -20,7 +21,13 @@ router = APIRouter()
 TAG_LIST = TypeAdapter(list[TagCount])
 
 
-@router.get("/tags", response_model=list[TagCount], operation_id="list_tags", tags=["tags"])
+@router.get(
+    "/tags",
+    response_model=list[TagCount],
+    operation_id="list_tags",
+    tags=["tags"],
+    responses={200: {"headers": {"Link": LINK}}},
+)
 async def list_tags(
     database: DatabaseDep,
     skip: Skip = None,
@@ -59,6 +66,7 @@ async def read_profile(
 
 
 ATOM = "application/atom+xml; charset=utf-8"
+FEED_ETAG = header("Strong validator of the feed document.", required=True)
 
 
 @router.get(
@@ -70,8 +78,12 @@ ATOM = "application/atom+xml; charset=utf-8"
         200: {
             "content": {ATOM: {"schema": {"type": "string"}}},
             "description": f"Atom 1.0: the {feeds.FEED_SIZE} newest published posts.",
+            "headers": {"ETag": FEED_ETAG},
         },
-        304: {"description": "If-None-Match matched the current ETag."},
+        304: {
+            "description": "If-None-Match matched the current ETag.",
+            "headers": {"ETag": FEED_ETAG},
+        },
     },
 )
 async def feed(
@@ -79,7 +91,7 @@ async def feed(
     database: DatabaseDep,
     settings: SettingsDep,
     tag: TagFilter = [],  # noqa: B006  (FastAPI copies defaults; never mutated)
-    if_none_match: Annotated[str | None, Header()] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """The newest published posts as an Atom feed, optionally only those with every tag given."""
     tags = normalised_tags(tag)
