@@ -27,7 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 from starlette.concurrency import run_in_threadpool
 
@@ -272,6 +272,25 @@ async def _free_slug(database: Database, base: str) -> str:
 
 
 INSERT_POST_TAGS = insert(PostTag.__table__)  # type: ignore[arg-type]
+
+
+def derived_post_fields(content: str, tags: Sequence[str] = ()) -> dict[str, Any]:
+    """What a post stores beyond what was sent (its rendering and tag list), for bulk loads
+    (`manage.py seed-demo`) that insert rows themselves; follow them with `index_post_tags`."""
+    return {**_rendered_values(render(content)), "tags": " ".join(sorted(set(tags)))}
+
+
+INDEX_BATCH = 5_000
+
+
+async def index_post_tags(connection: AsyncConnection, after_id: int) -> int:
+    """post_tags rows for the posts after `after_id`, from their stored tags (bulk loads)."""
+    query = select(Post.id, Post.tags).where(Post.id > after_id, Post.tags != "")
+    rows = (await connection.execute(query)).all()
+    values = [{"post_id": post_id, "tag": tag} for post_id, tags in rows for tag in tags.split()]
+    for start in range(0, len(values), INDEX_BATCH):
+        await connection.execute(INSERT_POST_TAGS, values[start : start + INDEX_BATCH])
+    return len(values)
 
 
 async def _write_tags(session: AsyncSession, post_id: int, tags: Sequence[str]) -> None:

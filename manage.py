@@ -54,6 +54,10 @@ DEFAULT_DEMO_PASSWORD = "demo-password"
 DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
 DEMO_USER_PATTERN = re.compile(r"^demo_user_(\d+)$")
 TITLE_NUMBER = re.compile(r"\(#(\d+)\)$")
+# Demo posts carry 0-3 of these tags (most used first, roughly).
+DEMO_TAGS = ("python", "fastapi", "postgresql", "asyncio", "redis", "docker", "testing", "web")
+DEMO_TAG_WEIGHTS = (8, 6, 5, 4, 3, 3, 2, 1)
+DEMO_TAGS_PER_POST = (0, 1, 1, 2, 2, 3)
 
 
 class CommandError(Exception):
@@ -633,7 +637,11 @@ class Seeder:
         return max(numbers, default=0)
 
     async def seed_posts(self, count: int, author_ids: list[int]) -> int:
-        """Insert posts; returns the largest post id before them."""
+        """Insert posts (rendered, with slugs and a few tags, as crud stores them); returns the
+        largest post id before them."""
+        import crud
+        from rendering import numbered_slug, slug_from_title
+
         before = await self.scalars(select(func.coalesce(func.max(Post.id), 0)))
         next_number = await self.last_title_number() + 1
         # A few prolific authors, many occasional ones.
@@ -649,10 +657,17 @@ class Seeder:
             for number, author_id in enumerate(authors, start=next_number):
                 created = random_time_between(rng, year_ago, now)
                 edited = rng.random() < 0.3
+                title, content = text_.title(number), text_.content()
+                tags = rng.choices(
+                    DEMO_TAGS, weights=DEMO_TAG_WEIGHTS, k=rng.choice(DEMO_TAGS_PER_POST)
+                )
                 rows.append(
                     {
-                        "title": text_.title(number),
-                        "content": text_.content(),
+                        "title": title,
+                        # The title's running number keeps slugs apart even when cut short.
+                        "slug": numbered_slug(slug_from_title(TITLE_NUMBER.sub("", title)), number),
+                        "content": content,
+                        **crud.derived_post_fields(content, tags),
                         "published": rng.random() < 0.9,
                         "author_id": author_id,
                         "version": 2 if edited else 1,
@@ -664,6 +679,8 @@ class Seeder:
             return rows
 
         await self.fill(Post, "posts", count, make_rows)
+        async with self.database.engine.begin() as connection:
+            await crud.index_post_tags(connection, int(before[0]))
         return int(before[0])
 
     async def seed_comments(

@@ -285,6 +285,18 @@ async def test_seed_demo_sqlite(
     assert int(found.headers["x-total-count"]) > 10
     listed = await client.get("/posts", params={"limit": 100})
     assert listed.status_code == 200 and len(listed.json()) == 100
+    # Rendered, slugged and tagged as the API stores posts; tags filter and count.
+    posts = listed.json()
+    assert all(post["content_html"] and post["excerpt"] for post in posts)
+    assert len({post["slug"] for post in posts}) == 100
+    assert sum(1 for post in posts if post["tags"]) > 50
+    by_slug = await client.get(f"/posts/slug/{posts[0]['slug']}")
+    assert by_slug.json()["id"] == posts[0]["id"]
+    tags = (await client.get("/tags")).json()
+    assert 3 <= len(tags) <= 8 and tags[0]["post_count"] > 10
+    first = tags[0]
+    tagged = await client.get("/posts", params={"tag": first["name"], "count": "true"})
+    assert int(tagged.headers["x-total-count"]) == first["post_count"]
 
 
 @pytest.mark.postgres
@@ -311,13 +323,18 @@ def test_seed_demo_postgres(private_postgres: str) -> None:
                 " (SELECT count(*) FROM posts WHERE published)"
             )
             comments = await connection.fetchval("SELECT count(*) FROM comments")
+            slugs = await connection.fetchval("SELECT count(DISTINCT slug) FROM posts")
+            tagged = await connection.fetchval("SELECT count(DISTINCT post_id) FROM post_tags")
         finally:
             await connection.close()
         assert row is not None
-        return (*tuple(row), comments)
+        return (*tuple(row), comments, slugs, tagged)
 
-    users, posts, titles, backwards, published, comments = in_own_thread(asyncio.run, counts())
-    assert (users, posts, titles, backwards) == (10, 2000, 2000, 0)
+    users, posts, titles, backwards, published, comments, slugs, tagged = in_own_thread(
+        asyncio.run, counts()
+    )
+    assert (users, posts, titles, backwards, slugs) == (10, 2000, 2000, 0, 2000)
+    assert tagged > 1000
     assert 0.85 * 2000 <= published <= 0.95 * 2000
     assert comments == (400 if HAS_COMMENTS else 0)
 
