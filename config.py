@@ -45,6 +45,17 @@ def normalize_database_url(url: str) -> str:
     )
 
 
+def display_url(url: str) -> str:
+    """A database or Redis URL without its password, fit for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        # URL.set(password=None) means "unchanged"; the named tuple's _replace drops it.
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    except Exception:
+        return "<unparsable URL>"
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL, or None for PostgreSQL and in-memory SQLite."""
     if not url.startswith("sqlite+aiosqlite:///"):
@@ -61,6 +72,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
+    migrate_on_start: bool = False
     redis_url: str | None = None
     secret_key: str | None = None
     environment: Literal["development", "production", "test"] = "development"

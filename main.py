@@ -12,8 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import crud
 from cache import PostReader, create_post_cache
-from config import Settings, get_settings
-from database import Database
+from config import Settings, display_url, get_settings
+from database import Database, describe_error
 from deps import check_metrics_access, get_optional_user, reject_unsound_token
 from effects import Effects
 from errors import error_responses, register_error_handlers
@@ -24,6 +24,7 @@ from middleware import (
     RequestContextMiddleware,
     TrailingSlashMiddleware,
 )
+from migrations import SchemaNotReady, prepare_schema
 from notifications import Notifier
 from observability import ObservabilityMiddleware, record_redis_fallback
 from offline_docs import install_docs
@@ -50,8 +51,8 @@ Errors always answer `{"detail": ..., "error_code": "UPPER_SNAKE"}`. Sign in wit
 """
 
 
-class DatabaseUnavailable(SystemExit):
-    """Start-up cannot reach the database; exits non-zero without a traceback."""
+class StartupRefused(SystemExit):
+    """Start-up cannot use the database; exits non-zero without a traceback."""
 
 
 class _DropStartupTraceback(logging.Filter):
@@ -59,7 +60,14 @@ class _DropStartupTraceback(logging.Filter):
     critical line already says what is wrong, so that record is dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "DatabaseUnavailable" not in record.getMessage()
+        return "StartupRefused" not in record.getMessage()
+
+
+def refuse_start(message: str, *args: object) -> StartupRefused:
+    """Log why the service cannot start, in one line, and the exit that stops it."""
+    logger.critical(message, *args)
+    logging.getLogger("uvicorn.error").addFilter(_DropStartupTraceback())
+    return StartupRefused(1)
 
 
 @asynccontextmanager
@@ -69,13 +77,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     database = Database(settings)
     try:
         await database.ping()
+        await prepare_schema(database, settings)
+    except SchemaNotReady as exc:
+        await database.dispose()
+        raise refuse_start("%s", exc) from None
     except Exception as exc:
         await database.dispose()
-        logger.critical(
-            "cannot reach the database: %s", str(exc).splitlines()[0] if str(exc) else exc
-        )
-        logging.getLogger("uvicorn.error").addFilter(_DropStartupTraceback())
-        raise DatabaseUnavailable(1) from None
+        raise refuse_start(
+            "cannot reach the database at %s: %s",
+            display_url(settings.database_url),
+            describe_error(exc),
+        ) from None
     app.state.database = database
     app.state.redis = RedisBackend(settings.redis_url) if settings.redis_url else None
     if app.state.redis is not None:
