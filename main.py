@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import ValidationError
 
 import crud
 from cache import PostReader, create_post_cache
-from config import Settings, display_url, get_settings
+from config import ConfigError, Settings, describe_invalid_settings, display_url, get_settings
 from database import Database, describe_error
 from deps import check_metrics_access, get_optional_user, reject_unsound_token
 from effects import Effects
@@ -73,7 +75,10 @@ def refuse_start(message: str, *args: object) -> StartupRefused:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    settings.jwt_secret  # noqa: B018 - create or load the shared key before serving
+    try:
+        settings.jwt_secret  # noqa: B018 - create or load the shared key before serving
+    except (ConfigError, OSError) as exc:
+        raise refuse_start("cannot load the secret key: %s", exc) from None
     database = Database(settings)
     try:
         await database.ping()
@@ -210,8 +215,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+# uvicorn's and gunicorn's exit code for a worker that cannot start: their supervisors stop
+# instead of starting it again and again.
+STARTUP_FAILURE = 3
+
+
 def _app_from_environment() -> FastAPI:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except (ValidationError, ConfigError) as exc:
+        # At import time, before logging is set up: one line, no traceback.
+        problem = describe_invalid_settings(exc) if isinstance(exc, ValidationError) else exc
+        print(f"error: invalid configuration: {problem}", file=sys.stderr)
+        raise SystemExit(STARTUP_FAILURE) from None
     configure_logging(settings.log_level, settings.log_format, settings.instance_id)
     return create_app(settings)
 

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 import models
-from config import ConfigError, Settings, display_url, get_settings
+from config import ConfigError, Settings, describe_invalid_settings, display_url, get_settings
 from database import Database
 from migrations import alembic_config
 from models import Post, User
@@ -65,11 +65,7 @@ def load_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc']).upper() or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise CommandError(f"invalid configuration: {problems}") from None
+        raise CommandError(f"invalid configuration: {describe_invalid_settings(exc)}") from None
     except ConfigError as exc:
         raise CommandError(f"invalid configuration: {exc}") from None
 

@@ -240,3 +240,70 @@ def test_migrate_on_start_migrates_postgres_once(empty_postgres: str, tmp_path: 
     output = server.output()
     assert "Traceback" not in output
     assert output.count("Running upgrade  -> 0001") == 1, output
+
+
+# --- bad settings: one line, no traceback -------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"ENVIRONMENT": "production"}, "needs a SECRET_KEY of 32+ characters (it is unset)"),
+        (
+            {"DATABASE_URL": "foo://admin:hunter2@db/blog"},
+            "DATABASE_URL='foo://admin:***@db/blog': must start with postgresql://",
+        ),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL='verbose': must be one of CRITICAL, ERROR"),
+        ({"RATE_LIMIT_READ": "lots"}, "RATE_LIMIT_READ='lots': must look like N/second"),
+        ({"CACHE_TTL_SECONDS": "-1"}, "CACHE_TTL_SECONDS='-1': Input should be greater than"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379': must start with redis://"),
+    ],
+)
+def test_bad_settings_stop_the_server_with_one_line(
+    env: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        uvicorn_command(free_port()),
+        env=clean_env(**env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: invalid configuration: "), lines[0]
+    assert expected in lines[0]
+    assert "hunter2" not in result.stderr
+
+
+def test_the_database_url_message_names_every_accepted_form() -> None:
+    from pydantic import ValidationError
+
+    from config import describe_invalid_settings
+
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None, database_url="mysql://db/blog")  # type: ignore[call-arg]
+    message = describe_invalid_settings(raised.value)
+    for form in ("postgresql://", "postgres://", "postgresql+asyncpg://", "sqlite:///"):
+        assert form in message
+    assert "sqlite+aiosqlite:///" in message
+
+
+def test_secrets_are_masked_in_messages() -> None:
+    from pydantic import ValidationError
+
+    from config import describe_invalid_settings
+
+    with pytest.raises(ValidationError) as raised:
+        Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            secret_key=["not", "a", "string"],
+            database_url="redis://u:topsecret@db/0",
+        )
+    message = describe_invalid_settings(raised.value)
+    assert "SECRET_KEY=***" in message
+    assert "topsecret" not in message and "not" not in message.split("SECRET_KEY=")[1][:10]
