@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = 5.0
     notify_email: str | None = None
     log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "text"] | None = None  # unset: text at a terminal, else json
     first_admin_username: str | None = None
     first_admin_email: str | None = None
     first_admin_password: str | None = None
@@ -157,7 +157,13 @@ class Settings(BaseSettings):
         return value.strip() if value is not None else None
 
     @field_validator(
-        "redis_url", "secret_key", "smtp_host", "notify_email", "metrics_token", mode="before"
+        "redis_url",
+        "secret_key",
+        "smtp_host",
+        "notify_email",
+        "metrics_token",
+        "log_format",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
