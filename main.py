@@ -233,3 +233,12 @@ def _app_from_environment() -> FastAPI:
 
 
 app = _app_from_environment()
+
+
+if __name__ == "__main__":  # `python main.py`: what `make run` serves, without the migrate step
+    import os
+
+    import uvicorn
+
+    host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
+    uvicorn.run(app, host=host, port=port, ws_max_size=65536, access_log=False, log_config=None)
