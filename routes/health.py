@@ -38,8 +38,7 @@ async def liveness() -> dict[str, str]:
     },
 )
 async def readiness(request: Request) -> JSONResponse:
-    """Readiness: the database answers with this version's schema; a Redis outage is
-    `cache: degraded`, still ready, as the service runs on its in-process fallbacks."""
+    """Readiness: the database answers with this version's schema (Redis down: `degraded`)."""
     settings: Settings = request.app.state.settings
     database: Database = request.app.state.database
     body: dict[str, Any] = {"status": "ok", "database": "ok", "cache": "disabled"}

@@ -88,6 +88,11 @@ def assert_sqlite_schema(path: Path) -> None:
         sql = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
     for name in ("uq_users_username_lower", "uq_posts_title_lower"):
         assert "UNIQUE" in sql[name].upper() and "lower(" in sql[name].lower()
+    # Ids are never reused; a later batch rebuild must keep AUTOINCREMENT (table_kwargs).
+    with sqlite3.connect(path) as connection:
+        tables = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type='table'"))
+    for table in ("users", "posts", "comments"):
+        assert "AUTOINCREMENT" in tables[table], tables[table]
     assert sqlite_version(path) == [head_revision()]
 
 
