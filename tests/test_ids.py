@@ -4,7 +4,9 @@ idempotent answer can never describe another object."""
 from __future__ import annotations
 
 import httpx
-from conftest import create_post
+from conftest import create_post, login, register
+from fastapi import FastAPI
+from sqlalchemy import text
 
 
 async def test_a_deleted_posts_id_is_never_given_again(
@@ -84,3 +86,18 @@ async def test_a_deleted_comments_id_is_never_given_again(
     assert replay.json()["id"] == first_id
     listed = (await client.get(url)).json()
     assert [comment["id"] for comment in listed] == [second.json()["id"]]
+
+
+async def test_a_deleted_users_token_never_signs_in_a_newer_user(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """The token's subject is the user id: a new account must not inherit a deleted one's."""
+    old = await register(client, "departed")
+    old_headers = await login(client, "departed")
+    async with app.state.database.sessionmaker() as session:
+        await session.execute(text("DELETE FROM users WHERE id = :id"), {"id": old["id"]})
+        await session.commit()
+    new = await register(client, "newcomer")
+    assert new["id"] > old["id"]
+    response = await client.get("/users/me", headers=old_headers)
+    assert response.status_code == 401
