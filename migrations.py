@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 
 from config import Settings, sqlite_path
+from errors import lost_database
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -66,7 +67,9 @@ async def current_revision(database: Database) -> str | None:
     try:
         async with database.read_engine.connect() as connection:
             revisions = (await connection.execute(CURRENT_REVISION)).scalars().all()
-    except Exception:
+    except Exception as exc:
+        if lost_database(exc):
+            raise
         await database.ping()  # it answers, so the version table is what is missing
         return None
     return revisions[0] if len(revisions) == 1 else ",".join(sorted(revisions)) or None
