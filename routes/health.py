@@ -19,10 +19,15 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/", response_model=Status, operation_id="liveness")
-@router.get("/health/live", response_model=Status, operation_id="liveness_alias")
 async def liveness() -> dict[str, str]:
     """Liveness: the process answers; touches nothing else."""
     return {"status": "ok"}
+
+
+@router.get("/health/live", response_model=Status, operation_id="health_live")
+async def health_live() -> dict[str, str]:
+    """Liveness beside readiness under /health/: the same as GET /."""
+    return await liveness()
 
 
 @router.get(
