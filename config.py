@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger("blog.config")
@@ -30,6 +30,18 @@ class ConfigError(RuntimeError):
     """The configuration cannot be used; the message says why in one line."""
 
 
+DATABASE_URL_FORMS = (
+    "must start with postgresql://, postgres://, postgresql+asyncpg:// (PostgreSQL) "
+    "or sqlite:///, sqlite+aiosqlite:/// (a SQLite file)"
+)
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+# Shown as *** in messages about the configuration.
+SECRET_SETTINGS = frozenset(
+    {"secret_key", "smtp_password", "first_admin_password", "metrics_token"}
+)
+PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
 def normalize_database_url(url: str) -> str:
     """Map every accepted PostgreSQL/SQLite spelling onto its async driver."""
     url = url.strip()
@@ -39,10 +51,39 @@ def normalize_database_url(url: str) -> str:
     for prefix in ("sqlite+aiosqlite://", "sqlite://"):
         if url.startswith(prefix):
             return "sqlite+aiosqlite://" + url[len(prefix) :]
-    raise ConfigError(
-        "DATABASE_URL must start with postgresql://, postgres://, postgresql+asyncpg:// "
-        "or sqlite+aiosqlite://"
-    )
+    raise ConfigError(f"DATABASE_URL {DATABASE_URL_FORMS}")
+
+
+def describe_invalid_settings(exc: ValidationError) -> str:
+    """Every problem of a configuration, on one line: the variable, the value it was given
+    (secrets masked, passwords cut out of URLs) and what it accepts."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across variables says which ones itself
+            problems.append(message)
+            continue
+        name = str(error["loc"][0])
+        value = error.get("input")
+        if name in SECRET_SETTINGS:
+            shown = "***"
+        elif isinstance(value, str):
+            shown = repr(PASSWORD_IN_URL.sub(r"\1***@", value))
+        else:
+            shown = repr(value)
+        problems.append(f"{name.upper()}={shown}: {message}")
+    return "; ".join(problems)
+
+
+def display_url(url: str) -> str:
+    """A database or Redis URL without its password, fit for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        # URL.set(password=None) means "unchanged"; the named tuple's _replace drops it.
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    except Exception:
+        return "<unparsable URL>"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -61,6 +102,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
+    migrate_on_start: bool = False
     redis_url: str | None = None
     secret_key: str | None = None
     environment: Literal["development", "production", "test"] = "development"
@@ -82,7 +124,7 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = 5.0
     notify_email: str | None = None
     log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "text"] | None = None  # unset: text at a terminal, else json
     first_admin_username: str | None = None
     first_admin_email: str | None = None
     first_admin_password: str | None = None
@@ -101,10 +143,28 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _normalize_database_url(cls, value: str) -> str:
-        return normalize_database_url(value)
+        try:
+            return normalize_database_url(value)
+        except ConfigError:
+            raise ValueError(DATABASE_URL_FORMS) from None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip().startswith(REDIS_URL_SCHEMES):
+            raise ValueError(
+                "must start with redis://, rediss:// or unix:// (e.g. redis://localhost:6379/0)"
+            )
+        return value.strip() if value is not None else None
 
     @field_validator(
-        "redis_url", "secret_key", "smtp_host", "notify_email", "metrics_token", mode="before"
+        "redis_url",
+        "secret_key",
+        "smtp_host",
+        "notify_email",
+        "metrics_token",
+        "log_format",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -167,8 +227,14 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return self
         if self.secret_key is None or len(self.secret_key) < MIN_SECRET_KEY_LENGTH:
+            given = (
+                "it is unset"
+                if self.secret_key is None
+                else f"it has {len(self.secret_key)} characters"
+            )
             raise ValueError(
-                f"ENVIRONMENT=production needs a SECRET_KEY of {MIN_SECRET_KEY_LENGTH}+ characters"
+                f"ENVIRONMENT=production needs a SECRET_KEY of {MIN_SECRET_KEY_LENGTH}+ characters "
+                f"({given})"
             )
         distinct = len(set(self.secret_key))
         if distinct < MIN_SECRET_KEY_DISTINCT:

@@ -10,7 +10,7 @@ from typing import Any
 from asyncpg.exceptions import IntegrityConstraintViolationError
 from sqlalchemy import event, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import IntegrityError, InvalidatePoolError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -68,6 +68,15 @@ POOLER_CONNECT_ARGS: dict[str, Any] = {
     "prepared_statement_cache_size": 0,
     "prepared_statement_name_func": _unnamed_statement,
 }
+
+
+def describe_error(exc: BaseException) -> str:
+    """The first line of what went wrong, without SQLAlchemy's statement and links."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    message = str(exc).strip()
+    first_line = message.splitlines()[0] if message else ""
+    return first_line or type(exc).__name__
 
 
 def _drop_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

@@ -207,12 +207,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, detail, code, exc.headers)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> Response:
+NOT_JSON = "The body must be a JSON object, sent with Content-Type: application/json"
+
+
+def _sent_json(request: Request) -> bool:
+    """Whether the body was declared JSON (`application/json` or `application/*+json`), the
+    only bodies FastAPI parses as JSON; any other is handed to validation as raw bytes."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
-        for err in exc.errors()
-    ]
+    errors = []
+    for err in exc.errors():
+        loc, msg, type_ = list(err.get("loc", ())), err.get("msg", ""), err.get("type", "")
+        if loc == ["body"] and type_ == "model_attributes_type" and not _sent_json(request):
+            msg = NOT_JSON  # pydantic's words would be about the bytes it was given instead
+        errors.append({"loc": loc, "msg": msg, "type": type_})
     return error_response(422, errors, "VALIDATION_ERROR")
 
 

@@ -7,16 +7,20 @@ import re
 import socket
 import sys
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 from middleware import request_id_var
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamps every record with the id of the request it was logged under."""
+    """Stamps every record with the id of the request it was logged under (`request_tag`:
+    ` [id]` for the text format, nothing outside a request, such as start-up lines)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        request_id = request_id_var.get()
+        record.request_id = request_id
+        record.request_tag = f" [{request_id}]" if request_id else ""
         return True
 
 
@@ -48,28 +52,42 @@ class RedactTokens(logging.Filter):
         return True
 
 
-def configure_logging(level: str, log_format: str, instance: str | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
-    handler.addFilter(InstanceFilter(instance or socket.gethostname()))
-    handler.addFilter(RedactTokens())
-    if log_format == "json":
-        handler.setFormatter(
-            OrjsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(instance)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            )
-        )
-    else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)-7s %(instance)s %(name)s [%(request_id)s] %(message)s"
-            )
-        )
+def effective_log_format(log_format: str | None) -> str:
+    """LOG_FORMAT, or when it is unset: text for a person at a terminal, JSON for machines."""
+    if log_format is not None:
+        return log_format
+    return "text" if sys.stderr.isatty() else "json"
+
+
+def configure_logging(level: str, log_format: str | None, instance: str | None = None) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [make_handler(log_format, instance)]
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def make_handler(log_format: str | None, instance: str | None = None) -> logging.Handler:
+    """The stderr handler of every log record, in the effective format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.addFilter(InstanceFilter(instance or socket.gethostname()))
+    handler.addFilter(RedactTokens())
+    if effective_log_format(log_format) == "json":
+        handler.setFormatter(
+            OrjsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(instance)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                # uvicorn's copy of its message with terminal colour codes; the tag is text's
+                reserved_attrs=[*RESERVED_ATTRS, "color_message", "request_tag"],
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)-7s %(instance)s %(name)s%(request_tag)s %(message)s"
+            )
+        )
+    return handler

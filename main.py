@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import ValidationError
 
 import crud
 from cache import PostReader, create_post_cache
-from config import Settings, get_settings
-from database import Database
+from config import ConfigError, Settings, describe_invalid_settings, display_url, get_settings
+from database import Database, describe_error
 from deps import check_metrics_access, get_optional_user, reject_unsound_token
 from effects import Effects
 from errors import error_responses, register_error_handlers
@@ -24,6 +26,7 @@ from middleware import (
     RequestContextMiddleware,
     TrailingSlashMiddleware,
 )
+from migrations import SchemaNotReady, prepare_schema
 from notifications import Notifier
 from observability import ObservabilityMiddleware, record_redis_fallback
 from offline_docs import install_docs
@@ -50,8 +53,8 @@ Errors always answer `{"detail": ..., "error_code": "UPPER_SNAKE"}`. Sign in wit
 """
 
 
-class DatabaseUnavailable(SystemExit):
-    """Start-up cannot reach the database; exits non-zero without a traceback."""
+class StartupRefused(SystemExit):
+    """Start-up cannot use the database; exits non-zero without a traceback."""
 
 
 class _DropStartupTraceback(logging.Filter):
@@ -59,23 +62,37 @@ class _DropStartupTraceback(logging.Filter):
     critical line already says what is wrong, so that record is dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "DatabaseUnavailable" not in record.getMessage()
+        return "StartupRefused" not in record.getMessage()
+
+
+def refuse_start(message: str, *args: object) -> StartupRefused:
+    """Log why the service cannot start, in one line, and the exit that stops it."""
+    logger.critical(message, *args)
+    logging.getLogger("uvicorn.error").addFilter(_DropStartupTraceback())
+    return StartupRefused(1)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    settings.jwt_secret  # noqa: B018 - create or load the shared key before serving
+    try:
+        settings.jwt_secret  # noqa: B018 - create or load the shared key before serving
+    except (ConfigError, OSError) as exc:
+        raise refuse_start("cannot load the secret key: %s", exc) from None
     database = Database(settings)
     try:
         await database.ping()
+        await prepare_schema(database, settings)
+    except SchemaNotReady as exc:
+        await database.dispose()
+        raise refuse_start("%s", exc) from None
     except Exception as exc:
         await database.dispose()
-        logger.critical(
-            "cannot reach the database: %s", str(exc).splitlines()[0] if str(exc) else exc
-        )
-        logging.getLogger("uvicorn.error").addFilter(_DropStartupTraceback())
-        raise DatabaseUnavailable(1) from None
+        raise refuse_start(
+            "cannot reach the database at %s: %s",
+            display_url(settings.database_url),
+            describe_error(exc),
+        ) from None
     app.state.database = database
     app.state.redis = RedisBackend(settings.redis_url) if settings.redis_url else None
     if app.state.redis is not None:
@@ -198,10 +215,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+# uvicorn's and gunicorn's exit code for a worker that cannot start: their supervisors stop
+# instead of starting it again and again.
+STARTUP_FAILURE = 3
+
+
 def _app_from_environment() -> FastAPI:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except (ValidationError, ConfigError) as exc:
+        # At import time, before logging is set up: one line, no traceback.
+        problem = describe_invalid_settings(exc) if isinstance(exc, ValidationError) else exc
+        print(f"error: invalid configuration: {problem}", file=sys.stderr)
+        raise SystemExit(STARTUP_FAILURE) from None
     configure_logging(settings.log_level, settings.log_format, settings.instance_id)
     return create_app(settings)
 
 
 app = _app_from_environment()
+
+
+if __name__ == "__main__":  # `python main.py`: what `make run` serves, without the migrate step
+    import os
+
+    import uvicorn
+
+    host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
+    uvicorn.run(app, host=host, port=port, ws_max_size=65536, access_log=False, log_config=None)

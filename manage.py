@@ -28,22 +28,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
+from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
 from pydantic import ValidationError
 from sqlalchemy import func, insert, inspect, select, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 import models
-from config import ConfigError, Settings, get_settings
+from config import ConfigError, Settings, describe_invalid_settings, display_url, get_settings
 from database import Database
+from migrations import alembic_config
 from models import Post, User
 from schemas import UserCreate
-
-if TYPE_CHECKING:
-    from alembic.config import Config as AlembicConfig
 
 # Alembic, crud (FastAPI), security (argon2), Faker and rich's progress bars are imported by
 # the commands that use them: each costs a noticeable part of a second at start-up.
@@ -71,22 +69,9 @@ def load_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc']).upper() or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise CommandError(f"invalid configuration: {problems}") from None
+        raise CommandError(f"invalid configuration: {describe_invalid_settings(exc)}") from None
     except ConfigError as exc:
         raise CommandError(f"invalid configuration: {exc}") from None
-
-
-def safe_url(url: str) -> str:
-    """The database URL without its password, fit for messages and logs."""
-    try:
-        # URL.set(password=None) means "unchanged"; the named tuple's _replace drops it.
-        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
-    except Exception:
-        return "<unparsable URL>"
 
 
 def describe(exc: BaseException) -> str:
@@ -102,7 +87,7 @@ def describe(exc: BaseException) -> str:
 
 def unreachable(settings: Settings, exc: BaseException) -> CommandError:
     return CommandError(
-        f"cannot reach the database at {safe_url(settings.database_url)}: {describe(exc)}"
+        f"cannot reach the database at {display_url(settings.database_url)}: {describe(exc)}"
     )
 
 
@@ -153,15 +138,6 @@ def validation_message(exc: ValidationError) -> str:
 # --- migrate ---------------------------------------------------------------------------------
 
 
-def alembic_config(database_url: str) -> AlembicConfig:
-    from alembic.config import Config as AlembicConfig
-
-    config = AlembicConfig(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "alembic"))
-    config.attributes["database_url"] = database_url
-    return config
-
-
 def migrate() -> None:
     from alembic.script import ScriptDirectory
 
@@ -179,7 +155,7 @@ def migrate() -> None:
             raise unreachable(settings, exc) from None
         raise
     head = ScriptDirectory.from_config(config).get_current_head()
-    print(f"database {safe_url(settings.database_url)} is at revision {head}")
+    print(f"database {display_url(settings.database_url)} is at revision {head}")
 
 
 # --- create-user -----------------------------------------------------------------------------

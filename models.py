@@ -41,6 +41,11 @@ NAMING_CONVENTION = {
 # prints it back (so Alembic's comparison sees no change).
 POST_SEARCH_DOCUMENT = "to_tsvector('english'::regconfig, (title::text || ' '::text) || content)"
 
+# SQLite without AUTOINCREMENT hands a deleted row's id to the next insert (the largest id in use
+# plus one), and an old ETag, If-Match, token or idempotent answer would then name another
+# object (migration 0005). PostgreSQL's sequences never go back.
+NEVER_REUSE_IDS: dict[str, Any] = {"sqlite_autoincrement": True}
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -76,7 +81,10 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (Index("uq_users_username_lower", func.lower(text("username")), unique=True),)
+    __table_args__ = (
+        Index("uq_users_username_lower", func.lower(text("username")), unique=True),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(50))
@@ -128,6 +136,7 @@ class Post(Base):
         Index("ix_posts_search", "search_document", postgresql_using="gin").ddl_if(
             dialect="postgresql"
         ),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -182,7 +191,10 @@ class PostTag(Base):
 
 class Comment(Base):
     __tablename__ = "comments"
-    __table_args__ = (Index("ix_comments_post_created", "post_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_comments_post_created", "post_id", "created_at", "id"),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     post_id: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"))

@@ -365,8 +365,14 @@ class Readiness(BaseModel):
     model_config = ConfigDict(json_schema_extra=_fields_not_nullable)
 
     status: Literal["ok", "unavailable"]
-    database: Literal["ok", "error"]
-    cache: Literal["ok", "error", "disabled"]
+    database: Literal["ok", "error", "not migrated"] = Field(
+        description="`not migrated`: the schema is not the one this version needs."
+    )
+    cache: Literal["redis", "in-process", "disabled", "degraded"] = Field(
+        description="Where the post cache, rate limits and live fan-out run: `redis`, "
+        "`in-process` (no REDIS_URL), `disabled` (no REDIS_URL and CACHE_TTL_SECONDS=0) or "
+        "`degraded` (REDIS_URL set but unreachable: the in-process fallbacks serve, still ready)."
+    )
     detail: str | None = None
     error_code: str | None = None
 

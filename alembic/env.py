@@ -5,7 +5,7 @@ from collections.abc import Callable
 from logging.config import fileConfig
 from typing import Any
 
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -45,6 +45,12 @@ def include_object_for(dialect: str) -> Callable[[Any, str | None, str, bool, An
     return include_object
 
 
+# Held for the migration's transaction on PostgreSQL: processes migrating at once (workers
+# started with MIGRATE_ON_START, two `manage.py migrate`) take turns, and the later ones find the
+# schema current. Transaction-scoped, so it also holds behind PgBouncer in transaction mode.
+MIGRATION_LOCK = text("SELECT pg_advisory_xact_lock(3141592653589793)")
+
+
 def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -54,6 +60,8 @@ def do_run_migrations(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(MIGRATION_LOCK)  # before Alembic reads the current revision
         context.run_migrations()
 
 

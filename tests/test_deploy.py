@@ -173,3 +173,4 @@ def test_server_with_unreachable_database_exits_cleanly(log_format: str, tmp_pat
     reasons = [line for line in output.splitlines() if "cannot reach the database" in line]
     assert len(reasons) == 1, output
     assert "Connection refused" in reasons[0] or "Connect call failed" in reasons[0]
+    assert "postgresql+asyncpg://root@127.0.0.1:1/nope" in reasons[0]  # where it tried

@@ -264,3 +264,24 @@ async def test_unhandled_error_is_a_clean_500(settings: Settings) -> None:
 
             # the service keeps answering afterwards
             assert (await http.get("/posts")).status_code == 200
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+async def test_a_json_body_without_its_content_type_says_so(
+    client: httpx.AsyncClient, user_headers: dict[str, str], content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    register = json.dumps({"username": "carol", "email": "c@example.com", "password": "x" * 12})
+    post = json.dumps({"title": "Typed", "content": "Body"})
+    for path, body, extra in (("/auth/register", register, {}), ("/posts", post, user_headers)):
+        response = await client.post(path, content=body, headers={**headers, **extra})
+        assert response.status_code == 422, response.text
+        assert response.json()["error_code"] == "VALIDATION_ERROR"
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body"]
+        assert "Content-Type: application/json" in error["msg"]
+        assert "JSON object" in error["msg"]
+    # Declared JSON that is not an object keeps pydantic's own words.
+    wrong_shape = await client.post("/auth/register", json=[1], headers=JSON)
+    assert "Content-Type" not in wrong_shape.json()["detail"][0]["msg"]
+    assert (await client.post("/auth/register", content=register, headers=JSON)).status_code == 201

@@ -24,6 +24,7 @@ import pytest
 from conftest import ROOT, TEST_DATABASE_URL, TEST_SECRET, in_own_thread, login, need_services
 from markdown_it import MarkdownIt
 from private_services import scratch_database
+from sqlalchemy.engine import make_url
 
 import models
 from config import Settings, normalize_database_url
@@ -97,8 +98,10 @@ def private_postgres() -> Iterator[str]:
     """An empty PostgreSQL database of this test's own, dropped afterwards."""
     need_services("TEST_DATABASE_URL")
     assert TEST_DATABASE_URL is not None
-    with scratch_database(normalize_database_url(TEST_DATABASE_URL), "blog_helper2") as url:
-        yield url
+    url = normalize_database_url(TEST_DATABASE_URL)
+    # Named after the test database, so parallel runs on one server never share a name prefix.
+    with scratch_database(url, f"{make_url(url).database}_scratch") as scratch:
+        yield scratch
 
 
 @pytest.fixture

@@ -90,6 +90,11 @@ def assert_sqlite_schema(path: Path) -> None:
         sql = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
     for name in ("uq_users_username_lower", "uq_posts_title_lower"):
         assert "UNIQUE" in sql[name].upper() and "lower(" in sql[name].lower()
+    # Ids are never reused; a later batch rebuild must keep AUTOINCREMENT (table_kwargs).
+    with sqlite3.connect(path) as connection:
+        tables = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type='table'"))
+    for table in ("users", "posts", "comments"):
+        assert "AUTOINCREMENT" in tables[table], tables[table]
     assert sqlite_version(path) == [head_revision()]
 
 
@@ -107,7 +112,8 @@ def test_sqlite_downgrade_then_upgrade(tmp_path: Path) -> None:
     alembic_upgrade(url)
     downgrade_base(url)
     objects = sqlite_objects(path)
-    assert objects.get("table", set()) <= {"alembic_version"}
+    # sqlite_sequence (AUTOINCREMENT's counters) is SQLite's own and cannot be dropped
+    assert objects.get("table", set()) - {"sqlite_sequence"} <= {"alembic_version"}
     assert not objects.get("trigger")
     assert sqlite_version(path) == []
     alembic_upgrade(url)
@@ -211,6 +217,73 @@ def test_postgres_upgrade_downgrade_upgrade(postgres_url: str) -> None:
     check(postgres_url)
 
 
+def _upgrade_to(database_url: str, revision: str) -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def test_sqlite_0005_keeps_every_row_and_never_reuses_ids(tmp_path: Path) -> None:
+    """An existing file (at 0004) is rebuilt with AUTOINCREMENT: rows, comments, search and the
+    case-insensitive indexes survive; the counters start past the ids still in use and past the
+    ids an idempotent answer still names."""
+    path = tmp_path / "old.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    in_own_thread(_upgrade_to, url, "0004")
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO users (id, username, email, password_hash, role, created_at) "
+            "VALUES (1, 'Ann', 'ann@example.com', 'x', 'user', '2026-01-01 00:00:00')"
+        )
+        for number in (1, 2, 3):
+            connection.execute(
+                "INSERT INTO posts (id, title, content, published, author_id, version, "
+                f"created_at, updated_at) VALUES ({number}, 'Otter {number}', 'river', 1, 1, 1, "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        connection.execute(
+            "INSERT INTO comments (id, post_id, author_id, text, created_at) "
+            "VALUES (4, 2, 1, 'hello', '2026-01-01 00:00:00')"
+        )
+        # Post 7 and comment 9 were created with an Idempotency-Key, then deleted.
+        connection.execute(
+            "INSERT INTO idempotency_keys (user_id, endpoint, key, fingerprint, status_code, "
+            "body, location, created_at) VALUES (1, 'POST /posts', 'a', 'f', 201, '{\"id\": 7}', "
+            "'/posts/7', '2026-01-01 00:00:00'), (1, 'POST /posts/2/comments', 'b', 'f', 201, "
+            "'{\"id\": 9}', NULL, '2026-01-01 00:00:00')"
+        )
+    alembic_upgrade(url)
+    assert_sqlite_schema(path)
+    check(url)
+    with sqlite3.connect(path) as connection:
+        tables = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type='table'"))
+        for table in ("users", "posts", "comments"):
+            assert "AUTOINCREMENT" in tables[table], tables[table]
+        assert connection.execute("SELECT count(*) FROM posts").fetchone() == (3,)
+        assert connection.execute("SELECT id, post_id FROM comments").fetchall() == [(4, 2)]
+        matches = "SELECT rowid FROM posts_fts WHERE posts_fts MATCH 'otter' ORDER BY rowid"
+        assert connection.execute(matches).fetchall() == [(1,), (2,), (3,)]
+        with pytest.raises(sqlite3.IntegrityError):  # still unique case-insensitively
+            connection.execute(
+                "INSERT INTO users (username, email, password_hash, role, created_at) "
+                "VALUES ('ANN', 'other@example.com', 'x', 'user', '2026-01-01 00:00:00')"
+            )
+        connection.execute("DELETE FROM comments")
+        connection.execute("DELETE FROM posts WHERE id = 3")
+        new_post = connection.execute(
+            "INSERT INTO posts (title, content, published, author_id, version, created_at, "
+            "updated_at) VALUES ('Beaver', 'dam', 1, 1, 1, '2026-01-01', '2026-01-01') "
+            "RETURNING id"
+        ).fetchone()
+        assert new_post == (8,)  # past 7, which an idempotent answer names
+        new_comment = connection.execute(
+            "INSERT INTO comments (post_id, author_id, text, created_at) "
+            "VALUES (1, 1, 'again', '2026-01-01') RETURNING id"
+        ).fetchone()
+        assert new_comment == (10,)
+        assert connection.execute(
+            "SELECT rowid FROM posts_fts WHERE posts_fts MATCH 'beaver'"
+        ).fetchall() == [(8,)]
+
+
 # --- 0006: existing posts get their rendering and slugs -------------------------------------------
 
 EXISTING_POSTS = [
@@ -218,10 +291,6 @@ EXISTING_POSTS = [
     (2, "Creme Brulee!", "second"),
     (3, "???", "word " * 300),
 ]
-
-
-def _upgrade_to(database_url: str, revision: str) -> None:
-    command.upgrade(alembic_config(database_url), revision)
 
 
 def assert_rendered(rows: list[tuple[int, str, str, str, int, str]]) -> None:

@@ -6,7 +6,7 @@ columns are added with defaults, which neither backend has to rewrite the table 
 rendering then updates each post once (batches of 500; about a minute per 100,000 posts).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-06
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from rendering import numbered_slug, render, slug_from_title
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
