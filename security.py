@@ -11,6 +11,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from errors import InvalidToken, TokenExpired
+from schemas import MAX_ID
 
 JWT_ALGORITHM = "HS256"
 
@@ -66,6 +67,10 @@ def _verified_token(token: str, secret: str) -> tuple[int, float]:
     except jwt.PyJWTError:
         raise InvalidToken() from None
     subject = payload["sub"]
-    if not isinstance(subject, str) or not subject.isdigit():
+    # str.isdigit admits "²" (int() then fails) and "٢" (int() reads 2): ASCII digits only,
+    # and an id the database can hold.
+    if not isinstance(subject, str) or not subject.isascii() or not subject.isdigit():
+        raise InvalidToken()
+    if len(subject) > 10 or not 1 <= int(subject) <= MAX_ID:
         raise InvalidToken()
     return int(subject), float(payload["exp"])

@@ -312,6 +312,23 @@ async def test_websocket_refuses_forged_expired_and_orphaned_tokens(
         assert json.loads(await socket.recv())["type"] == "message"
 
 
+async def test_a_token_subject_must_be_an_ascii_id_in_range(client: httpx.AsyncClient) -> None:
+    """Pins security._verified_token: `sub` is ASCII digits naming a possible id. `str.isdigit`
+    alone admits "²" (int() fails: 500), "٢" (int() reads 2: another user's token) and ids
+    past the database's integer (the driver fails: 500)."""
+    await register(client, "alice")
+    bob = await register(client, "bob")
+    assert bob["id"] == 2  # so that "٢" read as 2 would reach a user
+    for subject in ("²", "٢", "\uff12", "99999999999999999999", str(MAX_ID + 1), "0", "+2", " 2"):
+        token = jwt.encode(claims_for(0, sub=subject), TEST_SECRET, algorithm="HS256")
+        response = await client.get("/users/me", headers=bearer(token))
+        assert_error(response, 401, "INVALID_TOKEN")
+        response = await client.get("/posts", headers=bearer(token))
+        assert_error(response, 401, "INVALID_TOKEN")
+    token = jwt.encode(claims_for(bob["id"]), TEST_SECRET, algorithm="HS256")
+    assert (await me(client, bearer(token)))["username"] == "bob"
+
+
 @pytest.mark.parametrize("settings_overrides", [{"rate_limit_login": "3/minute"}])
 async def test_login_limit_counts_the_ip_even_with_a_valid_token(
     client: httpx.AsyncClient,
