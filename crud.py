@@ -583,7 +583,7 @@ async def list_posts(
     if cursor is not None:
         after = Cursor.decode(cursor, filters.sort.value)
         by_title = filters.sort.value.lstrip("-") == "title"
-        params["after_value"] = after.str_value() if by_title else after.datetime_value()
+        params["after_value"] = after.value if by_title else after.datetime_value()
         params["after_id"] = after.id
     shape = ListShape(
         postgres=database.is_postgres,

@@ -17,7 +17,7 @@ from schemas import MAX_ID
 @dataclass(frozen=True)
 class Cursor:
     sort: str
-    value: str | int | None
+    value: str  # the last row's sort key, as text (a date in ISO 8601, or a title)
     id: int
 
     def encode(self) -> str:
@@ -32,21 +32,20 @@ class Cursor:
             sort, value, row_id = json.loads(raw)
         except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
             raise InvalidCursor("The cursor is not one this service issued") from None
-        if not isinstance(sort, str) or not isinstance(row_id, int) or isinstance(row_id, bool):
+        if not _is_text(sort) or not isinstance(row_id, int) or isinstance(row_id, bool):
             raise InvalidCursor("The cursor is not one this service issued")
         if not 0 <= row_id <= MAX_ID:  # beyond any id; the database driver would fail on it
             raise InvalidCursor("The cursor is not one this service issued")
         if sort != expected_sort:
             raise InvalidCursor(f"The cursor was made for sort={sort}, not sort={expected_sort}")
-        if not isinstance(value, str | int) or isinstance(value, bool):
+        if not _is_text(value):
             raise InvalidCursor("The cursor is not one this service issued")
         return cls(sort, value, row_id)
 
     def datetime_value(self) -> datetime:
         try:
-            assert isinstance(self.value, str)
             parsed = datetime.fromisoformat(self.value)
-        except (AssertionError, ValueError):
+        except ValueError:
             raise InvalidCursor("The cursor is not one this service issued") from None
         if parsed.tzinfo is None:
             raise InvalidCursor("The cursor is not one this service issued")
@@ -55,10 +54,17 @@ class Cursor:
         except OverflowError:
             raise InvalidCursor("The cursor is not one this service issued") from None
 
-    def str_value(self) -> str:
-        if not isinstance(self.value, str) or "\x00" in self.value:  # PostgreSQL text has no NUL
-            raise InvalidCursor("The cursor is not one this service issued")
-        return self.value
+
+def _is_text(value: Any) -> bool:
+    """A string both databases can take: JSON's `\\ud800` escapes decode to lone surrogates,
+    which UTF-8 (asyncpg, sqlite3) cannot encode, and PostgreSQL text holds no NUL."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def next_link(path: str, params: dict[str, Any], cursor: Cursor) -> str:

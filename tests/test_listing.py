@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -413,6 +414,64 @@ async def test_bad_cursors(
         with subtests.test(cursor=cursor, sort=sort):
             response = await client.get("/posts", params={"cursor": cursor, "sort": sort})
             assert_error(response, 422, "INVALID_CURSOR")
+
+
+def crafted_cursors(sort: str, good_value: str) -> list[str]:
+    """Cursors for `sort` with one part replaced by something no issued cursor holds."""
+    bad_strings = ["\ud800", "a\udfffb", "\udbff\udc00", "nul\u0000", "\u0000"]
+    bad_ids: list[Any] = [-1, 2**31, 2**63, 2**64 + 1, 1e308, float("nan"), "1", None, True, [1]]
+    bad_values: list[Any] = [None, 0, 2**70, 1.5, True, [], {}, ["x"], {"a": 1}]
+    cursors = [encode_cursor([text, good_value, 1]) for text in bad_strings]
+    cursors += [encode_cursor([sort, text, 1]) for text in bad_strings]
+    cursors += [encode_cursor([sort, good_value + text, 1]) for text in bad_strings]
+    cursors += [encode_cursor([sort, value, 1]) for value in bad_values]
+    cursors += [encode_cursor([sort, good_value, row_id]) for row_id in bad_ids]
+    cursors += [encode_cursor(shape) for shape in ([], [sort], {}, "x", 1, None, [[sort], 1, 1])]
+    # JSON that json.dumps would not write: NaN, lone surrogate escapes, huge numbers.
+    for raw in (
+        f'["{sort}", "{good_value}", NaN]',
+        f'["{sort}", "{good_value}", Infinity]',
+        f'["{sort}", "{good_value}", 1{"0" * 5000}]',
+        f'["{sort}", "\\ud800", 1]',
+        f'["{sort}\\udc80", "{good_value}", 1]',
+    ):
+        cursors.append(base64.urlsafe_b64encode(raw.encode()).decode().rstrip("="))
+    return cursors
+
+
+@pytest.mark.parametrize("target", ["posts", "comments"])
+async def test_fuzzed_cursors_are_invalid_cursor_never_a_500(
+    client: httpx.AsyncClient, user_headers: dict[str, str], target: str
+) -> None:
+    """A table of crafted cursors plus random bytes, for every sort and for comments: each is
+    422 (INVALID_CURSOR, or VALIDATION_ERROR past 512 chars) or, by chance, a page; never 500."""
+    posts = await make_posts(client, user_headers, ["f1", "f2"])
+    date = "2026-01-01T00:00:00+00:00"
+    if target == "posts":
+        cases = [("/posts", {"sort": sort}, "f1" if "title" in sort else date) for sort in SORTS]
+    else:
+        cases = [(f"/posts/{posts[0]['id']}/comments", {}, date)]
+    randomness = random.Random(1306)
+    for path, params, good_value in cases:
+        sort = params.get("sort", "comments")
+        cursors = crafted_cursors(sort, good_value)
+        for size in (1, 3, 8, 30, 120, 380):
+            for _ in range(4):
+                raw = randomness.randbytes(size)
+                cursors.append(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+                cursors.append(raw.decode("latin-1"))
+        for cursor in cursors:
+            response = await client.get(path, params={**params, "cursor": cursor})
+            assert response.status_code in (200, 422), (cursor, response.text)
+            if response.status_code == 422:
+                code = response.json()["error_code"]
+                assert code == "INVALID_CURSOR" or len(cursor) > 512 or "\x00" in cursor, (
+                    cursor,
+                    response.text,
+                )
+        # The well-formed cursor the crafted ones were made from is accepted.
+        good = encode_cursor([sort, good_value, 1])
+        assert (await client.get(path, params={**params, "cursor": good})).status_code == 200
 
 
 async def test_cursor_is_opaque_text(
