@@ -19,6 +19,7 @@ from fastapi import Header, Request, Response
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.routing import Route
 
 from errors import AppError
 from models import IdempotencyRecord, User, utcnow
@@ -84,16 +85,24 @@ def answer_response(answer: Answer) -> Response:
     return Response(answer.body, answer.status_code, headers, media_type="application/json")
 
 
-async def scope_for(request: Request, user: User, key: str | None) -> Scope | None:
-    """The caller, endpoint and body fingerprint a key applies to; None without a key."""
+async def scope_for(
+    request: Request, user: User, key: str | None, **path_params: int
+) -> Scope | None:
+    """The caller, endpoint and body fingerprint a key applies to; None without a key.
+
+    The endpoint is the route's template filled with its parsed parameters, never the raw path:
+    `/posts/0003/comments` is `/posts/3/comments`, and a padded id cannot overflow the column."""
     if key is None:
         return None
+    route = request.scope["route"]
+    assert isinstance(route, Route)
+    endpoint = f"{request.method} {route.path_format.format(**path_params)}"
     try:
         canonical = json.dumps(json.loads(await request.body()), sort_keys=True)
     except ValueError:
         canonical = (await request.body()).decode("utf-8", "replace")
     fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
-    return Scope(user.id, f"{request.method} {request.url.path}", key, fingerprint)
+    return Scope(user.id, endpoint, key, fingerprint)
 
 
 async def run(

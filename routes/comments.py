@@ -77,7 +77,7 @@ async def create_comment(
         body = CommentRead.model_validate(comment).model_dump_json().encode()
         return idempotency.Answer(201, body, created=(comment, post))
 
-    scope = await idempotency.scope_for(request, user, idempotency_key)
+    scope = await idempotency.scope_for(request, user, idempotency_key, post_id=post_id)
     answer = await idempotency.run(session, scope, write)
     if answer.created is not None:
         await effects.comment_created(*answer.created)

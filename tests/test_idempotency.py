@@ -168,6 +168,26 @@ async def test_key_is_scoped_to_the_endpoint(
     assert await count_posts(client) == 2
 
 
+async def test_key_is_scoped_by_route_and_parsed_id_not_raw_path(
+    client: httpx.AsyncClient, user_headers: dict[str, str], app: FastAPI
+) -> None:
+    """Pins idempotency.scope_for keying by the route and its parsed parameters: a path whose id
+    has 300 leading zeros overflowed the 255-char scope column (500 on PostgreSQL), and
+    `/posts/03/comments` did not replay `/posts/3/comments` (a second comment)."""
+    post = await create_post(client, user_headers, "Zeros")
+    pid = post["id"]
+    body = {"text": "once"}
+    first = await send(client, user_headers, "zeros", body, f"/posts/{'0' * 300}{pid}/comments")
+    assert_fresh(first)
+    assert first.json()["post_id"] == pid
+    for path in (f"/posts/0{pid}/comments", f"/posts/{pid}/comments", f"/posts/+{pid}/comments"):
+        assert_replay(await send(client, user_headers, "zeros", body, path), first)
+    assert len(await comments_of(client, pid)) == 1
+    async with app.state.database.sessionmaker() as session:
+        endpoints = (await session.execute(select(IdempotencyRecord.endpoint))).scalars().all()
+    assert endpoints == [f"POST /posts/{pid}/comments"]
+
+
 async def test_validation_failures_are_not_kept(
     client: httpx.AsyncClient, app: FastAPI, user_headers: dict[str, str]
 ) -> None:
