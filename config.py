@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     rate_limit_write: str = "60/minute"
     rate_limit_login: str = "10/minute"
     rate_limit_login_account: str = "20/hour"
+    ws_max_sockets_per_user: int = Field(default=20, ge=1)
+    ws_max_sockets_per_ip: int = Field(default=100, ge=1)
     cache_ttl_seconds: int = Field(default=300, ge=0)
     cache_max_entries: int = Field(default=10_000, ge=1)
     smtp_host: str | None = None

@@ -660,7 +660,7 @@ async def list_tags(
     if cursor is not None:
         # A tag cursor carries the last row's name as its value and its count as its id.
         after = Cursor.decode(cursor, TAGS_SORT)
-        params["after_name"], params["after_count"] = after.str_value(), after.id
+        params["after_name"], params["after_count"] = after.value, after.id
         statement = TAG_PAGE_AFTER
     tags = await database.fetch_all(statement, params)
     next_cursor = None

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from uvicorn.protocols.utils import ClientDisconnected
 
 logger = logging.getLogger("blog.errors")
 
@@ -119,6 +125,12 @@ class PreconditionFailed(AppError):
     detail = "The post has changed since the given ETag"
 
 
+class TooManySockets(AppError):
+    status_code = 429
+    error_code = "RATE_LIMITED"
+    detail = "Too many open live-update sockets"
+
+
 class InvalidCursor(AppError):
     status_code = 422
     error_code = "INVALID_CURSOR"
@@ -173,10 +185,46 @@ def error_response(
     return JSONResponse(jsonable_encoder(body), status_code=status_code, headers=headers)
 
 
-async def _app_error(_request: Request, exc: Exception) -> Response:
+# Set once a handshake was refused with an HTTP answer: uvicorn's websockets-sansio protocol
+# then still logs "ASGI callable returned without completing handshake." at ERROR (it never marks
+# a denial response as the end of the handshake); logging_setup drops that one line for it.
+websocket_denied: ContextVar[bool] = ContextVar("websocket_denied", default=False)
+
+
+async def deny_websocket(websocket: WebSocket, response: Response) -> None:
+    """Refuse a WebSocket handshake with an HTTP answer (the ASGI WebSocket denial response)
+    where the server offers it, else with a close before accepting (HTTP 403). A client that
+    left first is no error: nothing is left to answer, and nothing is logged."""
+    with contextlib.suppress(OSError, WebSocketDisconnect):  # uvicorn: ClientDisconnected
+        if websocket.application_state != WebSocketState.CONNECTING:
+            await websocket.close(code=1011)  # accepted already: too late for an HTTP answer
+        elif "websocket.http.response" in websocket.scope.get("extensions", {}):
+            websocket_denied.set(True)
+            await websocket.send_denial_response(response)
+        else:
+            await websocket.close(code=1008)
+
+
+class WebSocketDenial(Response):
+    """An error response sent as a WebSocket handshake's denial (see deny_websocket)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(status_code=response.status_code)
+        self.response = response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await deny_websocket(WebSocket(scope, receive, send), self.response)
+
+
+def _answer(connection: HTTPConnection, response: Response) -> Response:
+    """The error response, or for a WebSocket the same answer as its handshake's denial."""
+    return WebSocketDenial(response) if connection.scope["type"] == "websocket" else response
+
+
+async def _app_error(connection: HTTPConnection, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
     detail: Any = exc.errors if isinstance(exc, InvalidQuery) else exc.detail
-    return error_response(exc.status_code, detail, exc.error_code, exc.headers)
+    return _answer(connection, error_response(exc.status_code, detail, exc.error_code, exc.headers))
 
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -210,24 +258,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 NOT_JSON = "The body must be a JSON object, sent with Content-Type: application/json"
 
 
-def _sent_json(request: Request) -> bool:
+def _sent_json(connection: HTTPConnection) -> bool:
     """Whether the body was declared JSON (`application/json` or `application/*+json`), the
     only bodies FastAPI parses as JSON; any other is handed to validation as raw bytes."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    media_type = connection.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
 
 
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+async def _validation_error(connection: HTTPConnection, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError | WebSocketRequestValidationError)
     errors = []
     for err in exc.errors():
         loc, msg, type_ = list(err.get("loc", ())), err.get("msg", ""), err.get("type", "")
-        if loc == ["body"] and type_ == "model_attributes_type" and not _sent_json(request):
+        if loc == ["body"] and type_ == "model_attributes_type" and not _sent_json(connection):
             msg = NOT_JSON  # pydantic's words would be about the bytes it was given instead
         errors.append({"loc": loc, "msg": msg, "type": type_})
-    return error_response(422, errors, "VALIDATION_ERROR")
+    return _answer(connection, error_response(422, errors, "VALIDATION_ERROR"))
 
 
 def lost_database(exc: BaseException) -> bool:
@@ -253,11 +301,14 @@ def lost_database(exc: BaseException) -> bool:
     return False
 
 
-async def _database_error(request: Request, exc: Exception) -> Response:
+async def _database_error(connection: HTTPConnection, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnected):  # an OSError to uvicorn: the client left
+        return _answer(connection, Response(status_code=499))  # to no one; nothing went wrong
     if not lost_database(exc):
         raise exc  # a bug: the last-resort handler answers 500 and logs it
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return await _app_error(request, DatabaseUnavailable())
+    method = connection.scope.get("method", "WebSocket")
+    logger.warning("database unavailable on %s %s: %s", method, connection.url.path, exc)
+    return await _app_error(connection, DatabaseUnavailable())
 
 
 def register_error_handlers(app: FastAPI) -> None:
@@ -267,6 +318,7 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OSError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(WebSocketRequestValidationError, _validation_error)
 
 
 ERROR_DESCRIPTIONS = {

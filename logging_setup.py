@@ -10,6 +10,7 @@ import sys
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from errors import websocket_denied
 from middleware import request_id_var
 
 
@@ -52,6 +53,19 @@ class RedactTokens(logging.Filter):
         return True
 
 
+UNFINISHED_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+class DeniedHandshakeIsNoError(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs an ERROR after every WebSocket handshake the
+    application refused with an HTTP answer (401, 404, 422, 429): it checks only whether the
+    socket was accepted. The refusal is already logged at INFO (`"WebSocket /ws/..." 404`);
+    that ERROR is dropped, while the same words after a handshake left unanswered still log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == UNFINISHED_HANDSHAKE and websocket_denied.get())
+
+
 def effective_log_format(log_format: str | None) -> str:
     """LOG_FORMAT, or when it is unset: text for a person at a terminal, JSON for machines."""
     if log_format is not None:
@@ -66,6 +80,9 @@ def configure_logging(level: str, log_format: str | None, instance: str | None =
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DeniedHandshakeIsNoError) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(DeniedHandshakeIsNoError())
     logging.getLogger("uvicorn.access").disabled = True
 
 

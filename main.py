@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import sys
@@ -40,6 +41,7 @@ from routes import metrics as metrics_routes
 from routes import realtime as realtime_routes
 from security_headers import SecurityHeadersMiddleware
 from shutdown import run_before_server_shutdown
+from socket_limits import SocketLimits
 
 logger = logging.getLogger("blog")
 
@@ -97,9 +99,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis = RedisBackend(settings.redis_url) if settings.redis_url else None
     if app.state.redis is not None:
         app.state.redis.fallback_listeners.append(record_redis_fallback)
-    app.state.hub = create_hub(app.state.redis)
+    app.state.hub = create_hub(app.state.redis, functools.partial(crud.get_user, database))
     await app.state.hub.start()
     restore_signals = run_before_server_shutdown(app.state.hub.say_goodbye, GOODBYE_SECONDS)
+    app.state.socket_limits = SocketLimits(
+        app.state.redis,
+        settings.ws_max_sockets_per_user,
+        settings.ws_max_sockets_per_ip,
+    )
+    await app.state.socket_limits.start()
     app.state.notifier = Notifier(settings)
     cache = create_post_cache(
         app.state.redis, settings.cache_ttl_seconds, settings.cache_max_entries
@@ -127,6 +135,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.unfreeze()
         restore_signals()
         await app.state.hub.stop()
+        await app.state.socket_limits.stop()
         await app.state.notifier.drain(settings.smtp_timeout_seconds)
         if app.state.redis is not None:
             await app.state.redis.close()

@@ -34,12 +34,18 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import MutableHeaders, QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from config import Settings
-from errors import InvalidCredentials, NotAuthenticated, RateLimited, error_response
+from errors import (
+    InvalidCredentials,
+    NotAuthenticated,
+    RateLimited,
+    deny_websocket,
+    error_response,
+)
 from observability import record_rate_limited
 from redis_backend import RedisBackend
 from security import decode_access_token
@@ -157,6 +163,12 @@ def bearer_token(scope: Scope) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def websocket_token(scope: Scope) -> str | None:
+    """A WebSocket handshake's token: `?token=` (what browsers can send), else the header."""
+    token = QueryParams(scope.get("query_string", b"")).get("token")
+    return token if token is not None else bearer_token(scope)
+
+
 def peer_ip(scope: Scope) -> str:
     """The client's address, as ClientAddressMiddleware decided it."""
     client = scope.get("client")
@@ -231,25 +243,24 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_headers)
 
     async def websocket_handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket handshake counts as a read: a 429 at the handshake over the limit (a
-        close before accepting, i.e. HTTP 403, where the server cannot send a response)."""
+        """A WebSocket handshake counts as a read, charged to the user of its token (`?token=`
+        or the header), else its IP: a 429 at the handshake over the limit (a close before
+        accepting, i.e. HTTP 403, where the server cannot send a response)."""
         decision = await self.check(scope, "read")
         if decision.allowed:
             await self.app(scope, receive, send)
             return
         record_rate_limited("read")
-        websocket = WebSocket(scope, receive, send)
-        if "websocket.http.response" not in scope.get("extensions", {}):
-            await websocket.close(code=1008, reason="rate limited")
-            return
         retry_after = max(1, decision.reset_in)
         headers = {**decision.headers(), "Retry-After": str(retry_after)}
         detail = f"Rate limit exceeded ({self.items['read']}); retry after {retry_after} seconds"
-        await websocket.send_denial_response(error_response(429, detail, "RATE_LIMITED", headers))
+        await deny_websocket(
+            WebSocket(scope, receive, send), error_response(429, detail, "RATE_LIMITED", headers)
+        )
 
     def client_key(self, scope: Scope) -> str:
         """`user:<id>` for a valid bearer token, else `ip:<address>`; never touches the DB."""
-        token = bearer_token(scope)
+        token = websocket_token(scope) if scope["type"] == "websocket" else bearer_token(scope)
         if token is not None:
             try:
                 user_id = decode_access_token(token, self.settings.jwt_secret)

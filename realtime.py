@@ -3,6 +3,11 @@
 `LocalHub` delivers to the sockets this process holds. `RedisHub` publishes every event on one
 Redis channel and each worker holds a single subscription to it, delivering to its own sockets;
 when Redis is down it falls back to local delivery and resubscribes once Redis is back.
+
+A socket is authorised at its handshake and stays so only while its user may still see the
+post: each event on a post that is not public (a draft) is sent only after the viewer's current
+role has been checked (`Viewers`, at most VIEWER_CHECK_SECONDS old), in the socket's own sender
+task so that events keep their order.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,18 +25,51 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketState
 
+from models import User
 from redis_backend import RedisBackend
 
 logger = logging.getLogger("blog.realtime")
 
 CHANNEL = "blog:events"
 SEND_QUEUE_SIZE = 64
-MESSAGES_PER_SECOND = 5
 MAX_MESSAGE_CHARS = 1000
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
+VIEWER_CHECK_SECONDS = 2.0  # how stale a socket's view of its user's role may be, at most
+
+UserLoader = Callable[[int], Awaitable[User | None]]
+
+
+class Viewers:
+    """Each socket user's current role, read from the database at most once per
+    VIEWER_CHECK_SECONDS per user and process, however many sockets ask."""
+
+    def __init__(self, load: UserLoader, max_age: float = VIEWER_CHECK_SECONDS) -> None:
+        self.load = load
+        self.max_age = max_age
+        self._known: dict[int, tuple[float, User | None]] = {}
+        self._loading: dict[int, asyncio.Future[User | None]] = {}
+
+    async def current(self, user_id: int) -> User | None:
+        """The user as the database has it now (None once deleted), give or take max_age."""
+        now = time.monotonic()
+        known = self._known.get(user_id)
+        if known is not None and now - known[0] < self.max_age:
+            return known[1]
+        loading = self._loading.get(user_id)
+        if loading is None:
+            loading = self._loading[user_id] = asyncio.ensure_future(self.load(user_id))
+            try:
+                user = await loading
+            finally:
+                del self._loading[user_id]
+            if len(self._known) > 10_000:  # a bound; entries are worth max_age seconds only
+                self._known.clear()
+            self._known[user_id] = (time.monotonic(), user)
+            return user
+        return await asyncio.shield(loading)
 
 
 @dataclass(eq=False)
@@ -43,23 +81,60 @@ class LiveSocket:
     user_id: int | None
     username: str | None
     is_admin: bool
+    author_id: int | None = None  # the post's
+    post_public: bool = True  # as the last event about the post said
+    viewers: Viewers | None = None
+    expires_at: float | None = None  # the token's expiry (Unix time)
     queue: asyncio.Queue[tuple[str, Any]] = field(
         default_factory=lambda: asyncio.Queue(maxsize=SEND_QUEUE_SIZE)
     )
-    sent_at: deque[float] = field(default_factory=lambda: deque(maxlen=MESSAGES_PER_SECOND))
     closing: bool = False
 
-    def may_see_draft(self, author_id: int) -> bool:
-        return self.is_admin or self.user_id == author_id
+    def may_see_draft(self) -> bool:
+        return self.is_admin or (self.user_id is not None and self.user_id == self.author_id)
 
-    def offer(self, event: dict[str, Any]) -> None:
-        """Queue an event without waiting; a socket that cannot keep up is closed."""
+    async def still_may_see_draft(self) -> bool:
+        """Whether the user, as the database has it now, may see the post as a draft."""
+        if self.user_id is None or self.viewers is None:
+            return False
+        user = await self.viewers.current(self.user_id)
+        if user is None:  # deleted: the socket's token names no one any more
+            return False
+        self.is_admin = user.role == "admin"
+        return self.may_see_draft()
+
+    async def may_still_speak(self) -> bool:
+        """The sender, re-checked before its message fans out: an expired token, a deleted
+        user or a draft the user may no longer see close the socket (1008) instead."""
+        if self.expires_at is not None and time.time() >= self.expires_at:
+            self.close_soon(CLOSE_POLICY, "token expired")
+            return False
+        if self.user_id is None or self.viewers is None:
+            return self.user_id is not None
+        user = await self.viewers.current(self.user_id)
+        if user is None:
+            self.close_soon(CLOSE_POLICY, "user no longer exists")
+            return False
+        self.is_admin = user.role == "admin"
+        if not self.post_public and not self.may_see_draft():
+            self.lose_sight()
+            return False
+        return True
+
+    def offer(self, event: dict[str, Any], *, check: bool = False) -> None:
+        """Queue an event without waiting; a socket that cannot keep up is closed. With `check`
+        the sender re-checks the viewer's right to see the draft before sending it."""
         if self.closing:
             return
         try:
-            self.queue.put_nowait(("send", event))
+            self.queue.put_nowait(("check" if check else "send", event))
         except asyncio.QueueFull:
             self.close_soon(CLOSE_TRY_AGAIN, "too slow")
+
+    def lose_sight(self) -> None:
+        """The viewer may no longer see the post: it is gone for them, and the socket closes."""
+        self.offer({"type": "post_deleted", "post_id": self.post_id})
+        self.close_soon(CLOSE_POLICY, "post is no longer visible")
 
     def close_soon(self, code: int, reason: str = "") -> None:
         if self.closing:
@@ -70,14 +145,6 @@ class LiveSocket:
                 self.queue.get_nowait()
         self.queue.put_nowait(("close", (code, reason)))
 
-    def allow_message(self) -> bool:
-        """A per-socket rate limit on client messages (sliding one-second window)."""
-        now = time.monotonic()
-        if len(self.sent_at) == self.sent_at.maxlen and now - self.sent_at[0] < 1.0:
-            return False
-        self.sent_at.append(now)
-        return True
-
     async def run_sender(self) -> None:
         """Drain the queue onto the socket until told to close or the socket dies."""
         try:
@@ -86,6 +153,12 @@ class LiveSocket:
                 if kind == "close":
                     code, reason = payload
                     await self.websocket.close(code=code, reason=reason)
+                    return
+                if kind == "check" and not await self.still_may_see_draft():
+                    self.closing = True
+                    gone = {"type": "post_deleted", "post_id": self.post_id}
+                    await self.websocket.send_text(json.dumps(gone))
+                    await self.websocket.close(CLOSE_POLICY, "post is no longer visible")
                     return
                 await self.websocket.send_text(json.dumps(payload))
         except Exception:  # the peer went away; the receive loop notices and cleans up
@@ -98,10 +171,11 @@ class LiveSocket:
 class LocalHub:
     """The sockets this process holds, by post, and local delivery of events."""
 
-    def __init__(self) -> None:
+    def __init__(self, viewers: Viewers | None = None) -> None:
         self.sockets: dict[int, set[LiveSocket]] = {}
         self.going_away = False
         self._emptied = asyncio.Event()
+        self.viewers = viewers
 
     async def start(self) -> None:
         return None
@@ -152,19 +226,20 @@ def deliver_to(socket: LiveSocket, event: dict[str, Any]) -> None:
         socket.close_soon(CLOSE_NORMAL, "post deleted")
         return
     if kind == "post_updated":
-        post = event["post"]
-        if not post["published"] and not socket.may_see_draft(post["author_id"]):
-            socket.offer({"type": "post_deleted", "post_id": post["id"]})
-            socket.close_soon(CLOSE_POLICY, "post is no longer visible")
-            return
-    socket.offer(event)
+        socket.post_public = bool(event["post"]["published"])
+    if socket.post_public:
+        socket.offer(event)
+    elif not socket.may_see_draft():  # as of the last check: no need to ask the database
+        socket.lose_sight()
+    else:  # a draft: sent once the viewer's current role says it still may see it
+        socket.offer(event, check=True)
 
 
 class RedisHub(LocalHub):
     """Fan-out through one Redis pub/sub channel; one subscription per worker process."""
 
-    def __init__(self, redis: RedisBackend) -> None:
-        super().__init__()
+    def __init__(self, redis: RedisBackend, viewers: Viewers | None = None) -> None:
+        super().__init__(viewers)
         self.redis = redis
         self.channel = redis.channel(CHANNEL)
         self._listener: asyncio.Task[None] | None = None
@@ -225,6 +300,7 @@ class RedisHub(LocalHub):
             logger.warning("ignored a malformed fan-out message")
 
 
-def create_hub(redis: RedisBackend | None) -> LocalHub:
+def create_hub(redis: RedisBackend | None, load_user: UserLoader) -> LocalHub:
     """The hub for this configuration: Redis fan-out when Redis is configured."""
-    return RedisHub(redis) if redis is not None else LocalHub()
+    viewers = Viewers(load_user)
+    return RedisHub(redis, viewers) if redis is not None else LocalHub(viewers)

@@ -44,10 +44,16 @@ def create_access_token(user_id: int, secret: str, expires_minutes: int) -> tupl
 
 def decode_access_token(token: str, secret: str) -> int:
     """The user id a token was issued for; raises TokenExpired or InvalidToken."""
+    return decode_access_token_until(token, secret)[0]
+
+
+def decode_access_token_until(token: str, secret: str) -> tuple[int, float]:
+    """The user id a token was issued for and when it expires (Unix time); raises TokenExpired
+    or InvalidToken."""
     user_id, expires_at = _verified_token(token, secret)
     if expires_at <= time.time():  # PyJWT's own rule (no leeway), for tokens verified earlier
         raise TokenExpired()
-    return user_id
+    return user_id, expires_at
 
 
 # A client sends the same token with every request of its lifetime; verifying it (base64, two

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 import websockets
+from core_helpers import assert_error
 from fastapi import FastAPI
 
 import redis_backend
@@ -29,8 +30,11 @@ from tests.conftest import (
     TEST_SECRET,
     LiveServer,
     alembic_upgrade,
+    create_post,
     free_port,
+    login,
     need_services,
+    register,
 )
 from tests.private_services import PrivateRedis
 from tests.test_manage import private_postgres as private_postgres  # the fixture, shared
@@ -531,7 +535,7 @@ async def test_websocket_handshakes_spend_the_read_limit(live_server: LiveServer
     with pytest.raises(websockets.InvalidStatus) as missing:  # counted, then refused: no post
         async with websockets.connect(url):
             pass
-    assert missing.value.response.status_code == 403
+    assert missing.value.response.status_code == 404
     async with httpx.AsyncClient(base_url=live_server.http_url) as http:
         last = await http.get("/posts")
     assert last.status_code == 200
@@ -575,3 +579,28 @@ async def test_client_address_and_scheme_come_from_a_trusted_proxy_only() -> Non
         None,
     )
     assert seen == [(("127.0.0.1", 5), "http")]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_read": "2/minute"}])
+async def test_websocket_handshakes_with_a_query_token_spend_the_users_budget(
+    live_server: LiveServer,
+) -> None:
+    """Pins ratelimit.websocket_token in RateLimitMiddleware.client_key: a handshake carrying
+    `?token=` is charged to the token's user, as one with the header is, not to the address
+    (where every user behind one proxy or NAT would share it)."""
+    async with httpx.AsyncClient(base_url=live_server.http_url) as http:
+        await register(http, "alice")
+        headers = await login(http, "alice")
+        post = await create_post(http, headers, "Watched")
+    token = headers["Authorization"].removeprefix("Bearer ")
+    url = f"{live_server.ws_url}/ws/posts/{post['id']}?token={token}"
+    for _ in range(2):
+        async with websockets.connect(url):
+            pass
+    with pytest.raises(websockets.InvalidStatus) as limited:
+        async with websockets.connect(url):
+            pass
+    assert limited.value.response.status_code == 429
+    async with httpx.AsyncClient(base_url=live_server.http_url) as http:
+        assert (await http.get("/posts")).status_code == 200  # the address's budget is untouched
+        assert_error(await http.get("/posts", headers=headers), 429, "RATE_LIMITED")
