@@ -59,17 +59,19 @@ class Viewers:
         if known is not None and now - known[0] < self.max_age:
             return known[1]
         loading = self._loading.get(user_id)
-        if loading is None:
-            loading = self._loading[user_id] = asyncio.ensure_future(self.load(user_id))
-            try:
-                user = await loading
-            finally:
-                del self._loading[user_id]
-            if len(self._known) > 10_000:  # a bound; entries are worth max_age seconds only
-                self._known.clear()
-            self._known[user_id] = (time.monotonic(), user)
-            return user
-        return await asyncio.shield(loading)
+        if loading is None:  # one read for every socket of the user asking meanwhile
+            loading = self._loading[user_id] = asyncio.ensure_future(self._read(user_id))
+        return await asyncio.shield(loading)  # a closing socket does not cancel the others' read
+
+    async def _read(self, user_id: int) -> User | None:
+        try:
+            user = await self.load(user_id)
+        finally:
+            del self._loading[user_id]
+        if len(self._known) > 10_000:  # a bound; entries are worth max_age seconds only
+            self._known.clear()
+        self._known[user_id] = (time.monotonic(), user)
+        return user
 
 
 @dataclass(eq=False)

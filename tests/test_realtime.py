@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection
 
 from errors import TooManySockets
 from models import User
-from realtime import SEND_QUEUE_SIZE, LiveSocket
+from realtime import SEND_QUEUE_SIZE, LiveSocket, Viewers
 from redis_backend import RedisBackend
 from socket_limits import SocketLimits
 from tests.conftest import (
@@ -598,3 +598,23 @@ async def test_socket_caps_hold_across_workers_and_refusals_log_no_error(
     assert '"WebSocket /ws/posts/abc" 422' in log
     assert '"WebSocket /ws/posts/999999" 404' in log
     assert " ERROR " not in log and "Traceback" not in log, log
+
+
+async def test_viewer_checks_read_each_user_once_per_bound() -> None:
+    """Pins realtime.Viewers: however many sockets ask at once, one read per user; a read is
+    reused for at most max_age seconds, then the database is asked again."""
+    reads: list[int] = []
+
+    async def load(user_id: int) -> User | None:
+        reads.append(user_id)
+        await asyncio.sleep(0.05)
+        return User(id=user_id, username=f"u{user_id}", role="user") if user_id < 9 else None
+
+    viewers = Viewers(load, max_age=0.3)
+    users = await asyncio.gather(*(viewers.current(1) for _ in range(50)), viewers.current(9))
+    assert reads == [1, 9]
+    assert [user.id if user else None for user in users] == [1] * 50 + [None]
+    assert (await viewers.current(1)) is users[0]  # within the bound: no read
+    await asyncio.sleep(0.35)
+    await viewers.current(1)
+    assert reads == [1, 9, 1]
