@@ -13,7 +13,7 @@ import crud
 import observability
 from errors import InvalidToken
 from models import User
-from ratelimit import peer_ip, websocket_token
+from ratelimit import bearer_token, peer_ip
 from realtime import CLOSE_POLICY, MAX_MESSAGE_CHARS, LiveSocket, LocalHub
 from schemas import ObjectId
 from security import decode_access_token_until
@@ -44,7 +44,9 @@ async def post_updates(websocket: WebSocket, post_id: ObjectId, token: str | Non
     clients, from `Authorization: Bearer`. A refusal is an HTTP answer in the error envelope at
     the handshake: 401 for a bad token, 404 for a post the caller may not see, 422 for a bad id,
     429 past the open-socket limits."""
-    viewer, expires_at = await _viewer(websocket, websocket_token(websocket.scope))
+    viewer, expires_at = await _viewer(
+        websocket, token if token is not None else bearer_token(websocket.scope)
+    )
     async with websocket.app.state.database.sessionmaker() as session:
         post = await crud.get_visible_post(session, post_id, viewer)
         author_id, public = post.author_id, post.published
