@@ -439,21 +439,24 @@ def crafted_cursors(sort: str, good_value: str) -> list[str]:
     return cursors
 
 
-@pytest.mark.parametrize("target", ["posts", "comments"])
+@pytest.mark.parametrize("target", ["posts", "comments", "tags"])
 async def test_fuzzed_cursors_are_invalid_cursor_never_a_500(
     client: httpx.AsyncClient, user_headers: dict[str, str], target: str
 ) -> None:
-    """A table of crafted cursors plus random bytes, for every sort and for comments: each is
-    422 (INVALID_CURSOR, or VALIDATION_ERROR past 512 chars) or, by chance, a page; never 500."""
+    """A table of crafted cursors plus random bytes, for every sort, for comments and for tags:
+    each is 422 (INVALID_CURSOR, or VALIDATION_ERROR past 512 chars) or, by chance, a page;
+    never 500."""
     posts = await make_posts(client, user_headers, ["f1", "f2"])
     date = "2026-01-01T00:00:00+00:00"
     if target == "posts":
         cases = [("/posts", {"sort": sort}, "f1" if "title" in sort else date) for sort in SORTS]
-    else:
+    elif target == "comments":
         cases = [(f"/posts/{posts[0]['id']}/comments", {}, date)]
+    else:
+        cases = [("/tags", {}, "python")]
     randomness = random.Random(1306)
     for path, params, good_value in cases:
-        sort = params.get("sort", "comments")
+        sort = params.get("sort", target)
         cursors = crafted_cursors(sort, good_value)
         for size in (1, 3, 8, 30, 120, 380):
             for _ in range(4):
