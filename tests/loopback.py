@@ -15,8 +15,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
+from managed_process import ManagedProcess
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
     raise RuntimeError(f"nothing listens on {port}:\n{log.read_text()}")
 
 
-class PrivatePgBouncer:
+class PrivatePgBouncer(ManagedProcess):
     """PgBouncer (`pool_mode = transaction`) on `port`, in front of `server_url`'s PostgreSQL.
 
     `pool_size` server connections per database and user are shared by every client connection,
@@ -122,22 +122,6 @@ class PrivatePgBouncer:
             self.process = None
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> PrivatePgBouncer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 NGINX_ADDRESS = "127.0.0.2"  # nginx connects to the instances from here (FORWARDED_ALLOW_IPS)
 
@@ -171,7 +155,7 @@ def rendered_nginx_conf(listen_port: int, upstreams: list[str], directory: Path)
     return text
 
 
-class PrivateNginx:
+class PrivateNginx(ManagedProcess):
     """nginx in the foreground (`daemon off`) with deploy/nginx.conf rendered for loopback;
     `set_upstreams` rewrites the instance list and reloads (old workers finish their requests)."""
 
@@ -243,19 +227,3 @@ class PrivateNginx:
                 self.process.wait(timeout=10)
             self.process = None
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> PrivateNginx:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

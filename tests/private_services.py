@@ -22,10 +22,11 @@ from typing import Literal
 
 import asyncpg
 import redis
+from managed_process import ManagedProcess
 from sqlalchemy.engine import make_url
 
 
-class PrivateRedis:
+class PrivateRedis(ManagedProcess):
     """A throw-away redis-server on a port of its own, for stopping and starting at will.
 
     No automatic persistence; `--dir` is the test's own directory, so an explicit SAVE (through
@@ -77,22 +78,6 @@ class PrivateRedis:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
-
-    def __enter__(self) -> PrivateRedis:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def postgres_bindir() -> Path | None:

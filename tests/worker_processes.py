@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
+
+from managed_process import ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_SECRET = "worker-processes-secret-key-0123456789abcdef"
@@ -33,7 +34,7 @@ def free_port() -> int:
         return port
 
 
-class WorkerProcesses:
+class WorkerProcesses(ManagedProcess):
     """`uvicorn main:app --workers N` on a free loopback port, started from an empty directory
     (no stray `.env`), with `env` on top of the test's environment; output goes to `log`."""
 
@@ -140,19 +141,3 @@ class WorkerProcesses:
             if len(fields) >= 4 and pid is not None:
                 owners[int(fields[3].rpartition(":")[2])] = int(pid.group(1))
         return owners
-
-    def __enter__(self) -> WorkerProcesses:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
