@@ -148,7 +148,7 @@ class RedisPostCache(PostCache):
         body_key, gen_key = self._keys(post_id)
 
         async def read(_client: Redis) -> tuple[CachedPost | None, str]:
-            raw, generation = await self.redis.execute("MGET", body_key, gen_key)
+            raw, generation = await self.redis.pipelined("MGET", body_key, gen_key)
             entry = CachedPost.decode(_as_bytes(raw)) if raw is not None else None
             return entry, _as_bytes(generation).decode() if generation is not None else "0"
 

@@ -285,7 +285,9 @@ class RateLimitMiddleware:
 
         async def shared(_client: Redis) -> Decision:
             args: list[int | str] = [item.amount, item.get_expiry(), next(self._members)]
-            allowed, remaining, reset_in = await backend.run_script(script, [window_key], args)
+            allowed, remaining, reset_in = await backend.run_script(
+                script, [window_key], args, pipelined=True
+            )
             return decision(item, allowed == 1, int(remaining), float(reset_in))
 
         async def local() -> Decision:

@@ -10,6 +10,7 @@ import asyncio
 import pytest
 from private_services import PrivateRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redis_backend import RedisBackend
@@ -95,4 +96,65 @@ async def test_redis_down_is_an_error_not_a_hang(
     private_redis.stop()
     with pytest.raises(RedisConnectionError):
         await asyncio.wait_for(backend.execute("PING"), timeout=5)
+    await backend.close()
+
+
+async def test_pipelined_commands_of_one_turn_share_one_round_trip(backend: RedisBackend) -> None:
+    await backend.execute("SET", "k", "v")
+    sent: list[int] = []
+    original = backend._round_trip
+
+    async def counting(connection, commands):  # type: ignore[no-untyped-def]
+        sent.append(len(commands))
+        return await original(connection, commands)
+
+    backend._round_trip = counting  # type: ignore[method-assign]
+    answers = await asyncio.gather(
+        backend.pipelined("GET", "k"),
+        backend.pipelined("INCR", "k"),  # an error reply fails its own command only
+        backend.pipelined("ECHO", "x"),
+        return_exceptions=True,
+    )
+    assert answers[0] == b"v" and answers[2] == b"x"
+    assert isinstance(answers[1], ResponseError)
+    assert sent == [3]  # one write, one connection
+    assert await backend.pipelined("PING") == b"PONG"  # the connection is in step
+    assert sent == [3, 1]
+    assert len(backend._idle) == 1
+    await backend.close()
+
+
+async def test_a_cancelled_pipelined_caller_leaves_the_others_answered(
+    backend: RedisBackend,
+) -> None:
+    slow = asyncio.ensure_future(backend.pipelined("ECHO", "a"))
+    other = asyncio.ensure_future(backend.pipelined("ECHO", "b"))
+    await asyncio.sleep(0)
+    slow.cancel()
+    assert await other == b"b"
+    assert await backend.pipelined("ECHO", "c") == b"c"
+    await backend.close()
+
+
+async def test_pipelined_run_script_loads_a_forgotten_script(
+    backend: RedisBackend, private_redis: PrivateRedis
+) -> None:
+    script = backend.client.register_script(INCREMENT)
+    answers = await asyncio.gather(
+        *(backend.run_script(script, ["n"], [1], pipelined=True) for _ in range(3))
+    )
+    assert sorted(answers) == [1, 2, 3]  # each NOSCRIPT retried once, each counted once
+    await backend.close()
+
+
+async def test_pipelined_on_redis_down_fails_every_caller(
+    backend: RedisBackend, private_redis: PrivateRedis
+) -> None:
+    await backend.pipelined("PING")
+    private_redis.stop()
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(backend.pipelined("PING") for _ in range(3)), return_exceptions=True),
+        timeout=5,
+    )
+    assert all(isinstance(answer, RedisConnectionError) for answer in answers)
     await backend.close()
