@@ -34,7 +34,7 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from starlette.datastructures import MutableHeaders, QueryParams
+from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -235,9 +235,16 @@ class RateLimitMiddleware:
             await error_response(429, detail, "RATE_LIMITED", headers)(scope, receive, send)
             return
 
+        raw = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+        names = {name for name, _ in raw}
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).update(headers)
+                # Ours replace any the route set (one pass, not a MutableHeaders scan per name).
+                message["headers"] = [
+                    *(item for item in message.get("headers", ()) if item[0] not in names),
+                    *raw,
+                ]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # JSON never needs to load, run, frame or embed anything.
@@ -18,6 +17,9 @@ SECURITY_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
 )
 
+RAW_SECURITY_HEADERS = tuple(
+    (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in SECURITY_HEADERS
+)
 
 # Never stored by any cache: liveness, readiness and metrics must be fresh; the caller's account.
 NO_STORE_PATHS = frozenset({"/", "/metrics", "/users/me"})
@@ -78,6 +80,38 @@ class SecurityHeadersMiddleware:
     ) -> None:
         self.app = app
         self.content_security_policy = content_security_policy
+        self._csp = content_security_policy.encode("latin-1")
+
+    def with_headers(self, scope: Scope, message: Message) -> list[tuple[bytes, bytes]]:
+        """The response's headers with ours added, in one pass over them (a MutableHeaders
+        lookup per header would scan and decode the whole list each time)."""
+        headers: list[tuple[bytes, bytes]] = []
+        present: set[bytes] = set()
+        vary: bytes | None = None
+        for name, value in message.get("headers", ()):
+            if name == b"server":  # uvicorn's own is off (--no-server-header); none here
+                continue
+            if name == b"vary":
+                if vary is None:
+                    vary = value
+                continue
+            present.add(name)
+            headers.append((name, value))
+        path: str = scope["path"]
+        if not path.startswith(STATIC_PREFIX):
+            if b"cache-control" not in present:
+                authorized = any(name == b"authorization" for name, _ in scope.get("headers", ()))
+                policy = cache_control(path, scope["method"], message["status"], authorized)
+                headers.append((b"cache-control", policy.encode("latin-1")))
+            vary = b"Authorization" if vary is None else vary + b", Authorization"
+        if vary is not None:
+            headers.append((b"vary", vary))
+        for name, value in RAW_SECURITY_HEADERS:
+            if name not in present:
+                headers.append((name, value))
+        if b"content-security-policy" not in present:
+            headers.append((b"content-security-policy", self._csp))
+        return headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,23 +120,7 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                path: str = scope["path"]  # read now: TrailingSlashMiddleware may have cut it
-                if not path.startswith(STATIC_PREFIX):
-                    if "cache-control" not in headers:
-                        authorized = any(
-                            name == b"authorization" for name, _ in scope.get("headers", ())
-                        )
-                        policy = cache_control(path, scope["method"], message["status"], authorized)
-                        headers.append("Cache-Control", policy)
-                    headers.add_vary_header("Authorization")
-                for name, value in SECURITY_HEADERS:
-                    if name not in headers:
-                        headers.append(name, value)  # no replace scan: hot path
-                if "content-security-policy" not in headers:
-                    headers.append("Content-Security-Policy", self.content_security_policy)
-                if "server" in headers:  # uvicorn's own is off (--no-server-header); none here
-                    del headers["server"]
+                message["headers"] = self.with_headers(scope, message)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -128,6 +128,9 @@ def production_env(
         SMTP_HOST="",
         NOTIFY_EMAIL="",
         CORS_ORIGINS="",
+        # As a deployment sets them: the Host check runs; no proxy (the peer is the client).
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        FORWARDED_ALLOW_IPS="",
     )
     return env
 

@@ -10,7 +10,8 @@ measures the process's CPU time (user + system) per request. Each workload is me
 - the same with ONE layer switched off, through a setting where there is one (rate limits:
   RATE_LIMIT_ENABLED=false; the access log: LOG_LEVEL=WARNING) and otherwise by leaving its
   middleware out of `app.user_middleware` before the app first runs (metrics + access log,
-  security headers, request context, body size limit): the difference is that layer's cost;
+  security headers, request context, body size limit, Host check, client address, trailing
+  slash): the difference is that layer's cost;
 - every layer above off at once: what the routes, dependencies, crud, the ORM and the cache cost;
 - the floor (FastAPI routes + asyncpg) and the ceiling (Starlette + asyncpg), for reference.
 
@@ -60,6 +61,9 @@ LAYERS: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
     ("security headers (SecurityHeadersMiddleware)", {}, ("SecurityHeadersMiddleware",), "INFO"),
     ("request id + timing (RequestContextMiddleware)", {}, ("RequestContextMiddleware",), "INFO"),
     ("body size limit (BodySizeLimitMiddleware)", {}, ("BodySizeLimitMiddleware",), "INFO"),
+    ("Host check (AllowedHostsMiddleware)", {}, ("AllowedHostsMiddleware",), "INFO"),
+    ("client address (ClientAddressMiddleware)", {}, ("ClientAddressMiddleware",), "INFO"),
+    ("trailing slash (TrailingSlashMiddleware)", {}, ("TrailingSlashMiddleware",), "INFO"),
 ]
 CONCURRENCY = 8
 ID_SET = 500  # ids read at random; every one is read once in the warm-up (cache hits: all hits)

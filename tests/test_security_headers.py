@@ -222,3 +222,29 @@ async def test_no_server_header_even_if_something_sets_one() -> None:
         response = await http.get("/")
     assert response.status_code == 200
     assert "server" not in response.headers
+
+
+async def test_the_app_s_own_vary_cache_control_and_policy_are_kept() -> None:
+    """SecurityHeadersMiddleware adds to the response's Vary and keeps the Cache-Control,
+    Content-Security-Policy and X-Frame-Options it chose itself, each once."""
+    from starlette.responses import PlainTextResponse
+
+    from security_headers import SecurityHeadersMiddleware
+
+    inner = PlainTextResponse(
+        "hi",
+        headers={
+            "Vary": "Origin",
+            "Cache-Control": "max-age=60",
+            "Content-Security-Policy": "default-src 'self'",
+            "X-Frame-Options": "SAMEORIGIN",
+        },
+    )
+    transport = httpx.ASGITransport(app=SecurityHeadersMiddleware(inner))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.get("/posts")
+    assert response.headers.get_list("vary") == ["Origin, Authorization"]
+    assert response.headers.get_list("cache-control") == ["max-age=60"]
+    assert response.headers.get_list("content-security-policy") == ["default-src 'self'"]
+    assert response.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+    assert response.headers["x-content-type-options"] == "nosniff"
