@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import observability
 from logging_setup import configure_logging
+from middleware import request_id_var
 from tests.conftest import ROOT, TEST_SECRET, alembic_upgrade, create_post, free_port
 from tests.worker_processes import SERVER_FLAGS
 
@@ -452,3 +453,33 @@ def test_one_scrape_covers_every_worker(tmp_path: Path, mode: str) -> None:
     assert len(served) == sent
     assert not [r for r in records if r["logger"] == "uvicorn.access"]
     assert '"GET / HTTP/1.1" 200' not in output
+
+
+def test_the_access_line_s_fast_path_writes_what_logger_info_would(log_output: Any) -> None:
+    """observability.AccessRecord through JsonFormatter's fast path: the same keys, values and
+    order as the same fields logged with Logger.info(extra=...)."""
+    from observability import AccessRecord, access_logger
+
+    buffer = log_output("json")
+    fields = {
+        "request_id": "same-1",
+        "method": "GET",
+        "route": TEMPLATE,
+        "path": "/posts/7",
+        "status": 200,
+        "duration_ms": 1.234,
+        "user_id": 3,
+        "client_ip": "10.0.0.9",
+    }
+    token = request_id_var.set("same-1")
+    try:
+        access_logger.handle(AccessRecord(f"GET {TEMPLATE} 200 1.2ms", dict(fields)))
+        access_logger.info(f"GET {TEMPLATE} 200 1.2ms", extra=dict(fields))
+    finally:
+        request_id_var.reset(token)
+    fast, general = buffer.getvalue().splitlines()
+    fast_record, general_record = json.loads(fast), json.loads(general)
+    assert list(fast_record) == list(general_record)
+    fast_record.pop("time"), general_record.pop("time")
+    assert fast_record == general_record
+    assert fast_record["instance"] and fast_record["request_id"] == "same-1"
