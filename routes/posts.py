@@ -12,8 +12,8 @@ from pydantic import TypeAdapter
 import crud
 import idempotency
 from cache import CachedPost, etag_of
-from deps import CurrentUser, DatabaseDep, OptionalUser, SessionDep
-from effects import EffectsDep, PostReaderDep
+from deps import CurrentUser, OptionalUser, SessionDep, database_of
+from effects import EffectsDep, PostReaderDep, effects_of, post_reader_of
 from errors import (
     InvalidQuery,
     NotAuthenticated,
@@ -148,7 +148,7 @@ IfNoneMatch = Annotated[
     responses={200: {"headers": {"Link": LINK, "X-Total-Count": X_TOTAL_COUNT}}},
 )
 async def list_posts(
-    database: DatabaseDep,
+    request: Request,
     viewer: OptionalUser,
     skip: Skip = None,
     limit: Limit = 10,
@@ -195,7 +195,13 @@ async def list_posts(
     if filters.min_date and filters.max_date and filters.min_date > filters.max_date:
         raise InvalidQuery(["query", "min_date"], "min_date must not be after max_date")
     page = await crud.list_posts(
-        database, viewer, filters, skip=skip or 0, limit=limit, cursor=cursor, with_count=count
+        database_of(request),
+        viewer,
+        filters,
+        skip=skip or 0,
+        limit=limit,
+        cursor=cursor,
+        with_count=count,
     )
     headers = {}
     if page.total is not None:
@@ -223,13 +229,13 @@ async def list_posts(
     },
 )
 async def get_post(
+    request: Request,
     post_id: ObjectId,
     viewer: OptionalUser,
-    reader: PostReaderDep,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Read one post (cached; `X-Cache: HIT|MISS`); drafts only for their owner and admins."""
-    entry, hit = await reader.read(post_id, viewer)
+    entry, hit = await post_reader_of(request).read(post_id, viewer)
     return _cached_post_response(entry, hit, if_none_match)
 
 
@@ -285,12 +291,11 @@ async def get_post_by_slug(
 async def create_post(
     data: PostCreate,
     request: Request,
-    database: DatabaseDep,
     user: CurrentUser,
-    effects: EffectsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Create a post; its title and slug must be unique (case-insensitively)."""
+    database, effects = database_of(request), effects_of(request)
     scope = await idempotency.scope_for(request, user, idempotency_key)
     if scope is None:
         answer = _created(await crud.create_post(database, user, data))
