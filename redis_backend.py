@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 logger = logging.getLogger("blog.redis")
@@ -173,7 +175,7 @@ class RedisBackend:
             for (_, future), reply in zip(batch, replies, strict=True):
                 if future.done():  # its request was cancelled meanwhile
                     continue
-                if isinstance(reply, ResponseError):
+                if isinstance(reply, RedisError):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
@@ -189,11 +191,25 @@ class RedisBackend:
     ) -> list[Any]:
         await connection.send_packed_command(connection.pack_commands(commands))
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as error:  # read in full: the next reply is still on its way
-                replies.append(error)
+        try:
+            # One deadline for the batch's replies, not a timeout context per reply; a reply
+            # cut off by it leaves the connection disconnected (read_response does that).
+            async with asyncio.timeout(SOCKET_TIMEOUT_SECONDS):
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as error:  # read on: the next reply is on its way
+                        replies.append(error)
+        except (TimeoutError, RedisError) as exc:
+            failure = (
+                RedisTimeoutError("Timeout reading pipelined replies")
+                if isinstance(exc, TimeoutError)
+                else exc
+            )
+            if not replies:
+                raise failure from None
+            # The replies read stand; the commands whose replies were lost fail.
+            replies.extend(failure for _ in range(len(commands) - len(replies)))
         return replies
 
     def _new_connection(self) -> AbstractConnection:

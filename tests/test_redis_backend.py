@@ -158,3 +158,19 @@ async def test_pipelined_on_redis_down_fails_every_caller(
     )
     assert all(isinstance(answer, RedisConnectionError) for answer in answers)
     await backend.close()
+
+
+async def test_a_pipelined_batch_past_the_socket_timeout_fails_and_leaves_no_late_reply(
+    backend: RedisBackend,
+) -> None:
+    await backend.execute("RPUSH", "other", "x")
+    answers = await asyncio.gather(
+        backend.pipelined("ECHO", "first"),
+        backend.pipelined("BLPOP", "empty", "1"),  # answers after 1 s, past the 0.5 s timeout
+        return_exceptions=True,
+    )
+    assert answers[0] == b"first"
+    assert isinstance(answers[1], RedisTimeoutError)
+    await asyncio.sleep(0.7)  # the late reply (nil) has arrived by now
+    assert await backend.pipelined("LPOP", "other") == b"x"
+    await backend.close()
