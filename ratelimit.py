@@ -10,8 +10,11 @@ when a slot frees.
 Counters live in Redis when `REDIS_URL` is set (shared by every worker, through the shared
 connection pool of `RedisBackend`) and in process memory otherwise (the `limits` library's moving
 window). In Redis the window is a sorted set of request times, read and updated by one script
-(MOVING_WINDOW) in one round trip, on Redis's own clock so workers on different hosts agree; the
-`limits` Redis storage would take two round trips per request (the hit, then the window's stats).
+(MOVING_WINDOW), on Redis's own clock so workers on different hosts agree; the `limits` Redis
+storage would take two round trips per request (the hit, then the window's stats). The checks of
+the requests that reach the limiter in the same turn of the event loop go out together
+(`RedisBackend.pipelined`): one write and one read for the lot, each script still atomic, so the
+limit stays exact (no worker admits past it) at a fraction of a round trip per request.
 While Redis is unreachable the in-process limiter takes over; `RedisBackend` logs the outage once
 and decides when Redis is tried again, so a Redis outage never fails a request.
 """
