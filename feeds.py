@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from feedgen.feed import FeedGenerator
-
 from database import Row
 
 FEED_SIZE = 20
@@ -40,6 +38,9 @@ def feed_etag(base_url: str, tags: Sequence[str], posts: Sequence[Row]) -> str:
 
 def build_feed(base_url: str, tags: Sequence[str], posts: Sequence[Row]) -> bytes:
     """Atom 1.0 for these posts (newest first); every link absolute on `base_url`."""
+    # Imported on first use: feedgen brings lxml (~12 MB per worker) that most workers never need.
+    from feedgen.feed import FeedGenerator
+
     feed = FeedGenerator()
     self_url = base_url + feed_path(tags)
     feed.id(self_url)
