@@ -466,6 +466,9 @@ class Bench:
             users, posts = run_sql(self.dsn, self._counts)
             if (users, posts) == (args.users, args.posts):
                 log(f"{args.db}: already seeded ({users} users, {posts} posts); --reseed redoes it")
+                # A migration may just have rewritten every row (0006 did): without fresh
+                # visibility and statistics the first runs read dead tuples and misplan.
+                self.vacuum(analyze=True)
                 return
             log(f"{args.db} holds {users} users and {posts} posts: seeding it afresh")
 
