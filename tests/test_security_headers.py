@@ -161,7 +161,16 @@ async def test_cors_allowed_origin(client: httpx.AsyncClient) -> None:
     exposed = {
         h.strip().lower() for h in simple.headers["access-control-expose-headers"].split(",")
     }
-    assert {"x-request-id", "link", "etag", "location"} <= exposed
+    assert {
+        "x-request-id",
+        "x-process-time",
+        "link",
+        "etag",
+        "location",
+        "x-total-count",
+        "x-cache",
+        "idempotent-replayed",
+    } <= exposed
     assert_api_headers(simple)
 
     options = await client.options("/posts", headers=preflight(ALLOWED_ORIGIN))
