@@ -198,6 +198,53 @@ async def posts(request: Request) -> Response:
     return await list_posts(request)
 
 
+async def first_page(
+    pool: asyncpg.Pool,
+    limit: int,
+    skip: int | None,
+    author: str | None,
+    q: str | None,
+    after: list[Any] | None,
+) -> tuple[bytes, dict[str, str]]:
+    """A page of published posts, newest first, and its `Link` header: the SQL and the JSON
+    the floor (bench/floor.py) shares, so the two can only differ in their framework."""
+    where = ["p.published IS true"]
+    args: list[Any] = []
+    if author:
+        args.append(_like_pattern(author))
+        where.append(
+            f"p.author_id IN (SELECT id FROM users WHERE lower(username) LIKE ${len(args)}"
+            " ESCAPE '\\')"
+        )
+    if q:
+        args.append(q)
+        where.append(f"{SEARCH_DOCUMENT} @@ plainto_tsquery('english', ${len(args)})")
+    if after is not None:
+        args += after
+        where.append(f"(p.created_at, p.id) < (${len(args) - 1}, ${len(args)})")
+    args += (limit + 1, skip or 0)
+    sql = (
+        f"SELECT {COLUMNS} FROM posts p JOIN users u ON u.id = p.author_id "
+        f"WHERE {' AND '.join(where)} ORDER BY p.created_at DESC, p.id DESC "
+        f"LIMIT ${len(args) - 1} OFFSET ${len(args)}"
+    )
+    rows = await pool.fetch(sql, *args)
+    headers = {}
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        # pagination.next_link: limit, the filters in PostFilters order, sort, cursor.
+        query: dict[str, Any] = {"limit": limit}
+        if author:
+            query["author"] = author
+        if q:
+            query["q"] = q
+        query["sort"] = SORT
+        query["cursor"] = encode_cursor(last[CREATED_AT], last[0])
+        headers["Link"] = f'</posts?{urlencode(query)}>; rel="next"'
+    return _dumps([_post(row) for row in rows]), headers
+
+
 async def list_posts(request: Request) -> Response:
     params = request.query_params
     try:
@@ -212,44 +259,13 @@ async def list_posts(request: Request) -> Response:
     if cursor is not None and skip is not None:
         return _error(422, "skip cannot be combined with cursor", "VALIDATION_ERROR")
 
-    where = ["p.published IS true"]
-    args: list[Any] = []
-    if author:
-        args.append(_like_pattern(author))
-        where.append(
-            f"p.author_id IN (SELECT id FROM users WHERE lower(username) LIKE ${len(args)}"
-            " ESCAPE '\\')"
-        )
-    if q:
-        args.append(q)
-        where.append(f"{SEARCH_DOCUMENT} @@ plainto_tsquery('english', ${len(args)})")
+    after: list[Any] | None = None
     if cursor is not None:
         after = decode_cursor(cursor)
         if after is None:
             return _error(422, "The cursor is not one this service issued", "INVALID_CURSOR")
-        args += after
-        where.append(f"(p.created_at, p.id) < (${len(args) - 1}, ${len(args)})")
-    args += (limit + 1, skip or 0)
-    sql = (
-        f"SELECT {COLUMNS} FROM posts p JOIN users u ON u.id = p.author_id "
-        f"WHERE {' AND '.join(where)} ORDER BY p.created_at DESC, p.id DESC "
-        f"LIMIT ${len(args) - 1} OFFSET ${len(args)}"
-    )
-    rows = await request.app.state.pool.fetch(sql, *args)
-    headers = {}
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        # pagination.next_link: limit, the filters in PostFilters order, sort, cursor.
-        query: dict[str, Any] = {"limit": limit}
-        if author:
-            query["author"] = author
-        if q:
-            query["q"] = q
-        query["sort"] = SORT
-        query["cursor"] = encode_cursor(last[CREATED_AT], last[0])
-        headers["Link"] = f'</posts?{urlencode(query)}>; rel="next"'
-    return Response(_dumps([_post(row) for row in rows]), headers=headers, media_type=JSON)
+    body, headers = await first_page(request.app.state.pool, limit, skip, author, q, after)
+    return Response(body, headers=headers, media_type=JSON)
 
 
 async def create_post(request: Request) -> Response:

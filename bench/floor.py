@@ -23,29 +23,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 import asyncpg
 import jwt
 import orjson
 from ceiling import (
-    COLUMNS,
     CREATE_POST,
-    CREATED_AT,
     GET_POST,
     JSON,
     JWT_ALGORITHM,
-    SEARCH_DOCUMENT,
-    SORT,
     VERSION,
     _dsn,
     _dumps,
-    _like_pattern,
     _no_reset,
     _post,
     decode_cursor,
     derived_values,
-    encode_cursor,
+    first_page,
 )
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
@@ -148,43 +142,13 @@ async def list_posts(
     """List published posts, newest first."""
     if cursor is not None and skip is not None:
         raise HTTPException(422, "skip cannot be combined with cursor")
-    where = ["p.published IS true"]
-    args: list[Any] = []
-    if author:
-        args.append(_like_pattern(author))
-        where.append(
-            f"p.author_id IN (SELECT id FROM users WHERE lower(username) LIKE ${len(args)}"
-            " ESCAPE '\\')"
-        )
-    if q:
-        args.append(q)
-        where.append(f"{SEARCH_DOCUMENT} @@ plainto_tsquery('english', ${len(args)})")
+    after: list[Any] | None = None
     if cursor is not None:
         after = decode_cursor(cursor)
         if after is None:
             raise HTTPException(422, "The cursor is not one this service issued")
-        args += after
-        where.append(f"(p.created_at, p.id) < (${len(args) - 1}, ${len(args)})")
-    args += (limit + 1, skip or 0)
-    sql = (
-        f"SELECT {COLUMNS} FROM posts p JOIN users u ON u.id = p.author_id "
-        f"WHERE {' AND '.join(where)} ORDER BY p.created_at DESC, p.id DESC "
-        f"LIMIT ${len(args) - 1} OFFSET ${len(args)}"
-    )
-    rows = await pool.fetch(sql, *args)
-    headers = {}
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        query: dict[str, Any] = {"limit": limit}
-        if author:
-            query["author"] = author
-        if q:
-            query["q"] = q
-        query["sort"] = SORT
-        query["cursor"] = encode_cursor(last[CREATED_AT], last[0])
-        headers["Link"] = f'</posts?{urlencode(query)}>; rel="next"'
-    return Response(_dumps([_post(row) for row in rows]), headers=headers, media_type=JSON)
+    body, headers = await first_page(pool, limit, skip, author, q, after)
+    return Response(body, headers=headers, media_type=JSON)
 
 
 @app.post("/posts", status_code=status.HTTP_201_CREATED)
