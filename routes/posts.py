@@ -215,18 +215,22 @@ async def list_posts(
     return Response(body, media_type="application/json", headers=headers)
 
 
+# GET /posts/{id} and GET /posts/slug/{slug} answer alike: from the cache, with ETag and 304.
+CACHED_POST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"headers": {"ETag": ETAG, "X-Cache": X_CACHE}},
+    304: {
+        "description": "If-None-Match matched the current ETag.",
+        "headers": {"ETag": ETAG, "X-Cache": X_CACHE},
+    },
+    **error_responses(404, _404="POST_NOT_FOUND"),
+}
+
+
 @router.get(
     "/{post_id}",
     response_model=PostRead,
     operation_id="get_post",
-    responses={
-        200: {"headers": {"ETag": ETAG, "X-Cache": X_CACHE}},
-        304: {
-            "description": "If-None-Match matched the current ETag.",
-            "headers": {"ETag": ETAG, "X-Cache": X_CACHE},
-        },
-        **error_responses(404, _404="POST_NOT_FOUND"),
-    },
+    responses=CACHED_POST_RESPONSES,
 )
 async def get_post(
     request: Request,
@@ -250,14 +254,7 @@ def _cached_post_response(entry: CachedPost, hit: bool, if_none_match: str | Non
     "/slug/{slug}",
     response_model=PostRead,
     operation_id="get_post_by_slug",
-    responses={
-        200: {"headers": {"ETag": ETAG, "X-Cache": X_CACHE}},
-        304: {
-            "description": "If-None-Match matched the current ETag.",
-            "headers": {"ETag": ETAG, "X-Cache": X_CACHE},
-        },
-        **error_responses(404, _404="POST_NOT_FOUND"),
-    },
+    responses=CACHED_POST_RESPONSES,
 )
 async def get_post_by_slug(
     slug: Annotated[str, Path(max_length=200, description="Matched case-insensitively.")],
