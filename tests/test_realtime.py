@@ -304,8 +304,10 @@ async def test_a_socket_that_cannot_keep_up_is_closed_not_waited_on() -> None:
 # --- two real worker processes on PostgreSQL + Redis -------------------------------------------
 
 
-@pytest.fixture
-def two_workers(private_postgres: str, tmp_path: Path) -> Iterator[WorkerProcesses]:
+@contextlib.contextmanager
+def workers_on_postgres(
+    private_postgres: str, tmp_path: Path, **settings: str
+) -> Iterator[WorkerProcesses]:
     """Two worker processes on a private PostgreSQL database and the test Redis."""
     need_services("TEST_DATABASE_URL", "TEST_REDIS_URL")
     assert TEST_REDIS_URL is not None
@@ -314,8 +316,16 @@ def two_workers(private_postgres: str, tmp_path: Path) -> Iterator[WorkerProcess
         "DATABASE_URL": private_postgres,
         "REDIS_URL": TEST_REDIS_URL,
         "RATE_LIMIT_ENABLED": "false",
+        **settings,
     }
     with WorkerProcesses(env, tmp_path / "server.log") as workers:
+        yield workers
+
+
+@pytest.fixture
+def two_workers(private_postgres: str, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    """Two worker processes on a private PostgreSQL database and the test Redis."""
+    with workers_on_postgres(private_postgres, tmp_path) as workers:
         yield workers
 
 
@@ -519,17 +529,8 @@ async def test_a_crashed_workers_socket_leases_run_out() -> None:
 @pytest.fixture
 def capped_workers(private_postgres: str, tmp_path: Path) -> Iterator[WorkerProcesses]:
     """Two worker processes with small open-socket caps, on PostgreSQL and the test Redis."""
-    need_services("TEST_DATABASE_URL", "TEST_REDIS_URL")
-    assert TEST_REDIS_URL is not None
-    alembic_upgrade(private_postgres)
-    env = {
-        "DATABASE_URL": private_postgres,
-        "REDIS_URL": TEST_REDIS_URL,
-        "RATE_LIMIT_ENABLED": "false",
-        "WS_MAX_SOCKETS_PER_USER": "3",
-        "WS_MAX_SOCKETS_PER_IP": "30",
-    }
-    with WorkerProcesses(env, tmp_path / "server.log") as workers:
+    caps = {"WS_MAX_SOCKETS_PER_USER": "3", "WS_MAX_SOCKETS_PER_IP": "30"}
+    with workers_on_postgres(private_postgres, tmp_path, **caps) as workers:
         yield workers
 
 
