@@ -31,8 +31,8 @@ import binascii
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,18 +92,26 @@ async def _no_reset(_connection: asyncpg.Connection) -> None:
     """Released connections are reused as they are: no query on release."""
 
 
-@asynccontextmanager
-async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    secret = os.environ.get("SECRET_KEY", "")
-    if not secret:
-        raise SystemExit("ceiling: set SECRET_KEY (the service's) to verify bearer tokens")
-    app.state.secret = secret
-    # The service's pool: DB_POOL_SIZE=10 + DB_MAX_OVERFLOW=10.
-    app.state.pool = await asyncpg.create_pool(_dsn(), min_size=10, max_size=20, reset=_no_reset)
-    try:
-        yield
-    finally:
-        await app.state.pool.close()
+def pool_lifespan(name: str) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """The lifespan of the ceiling and the floor (`name` says which in its error): the token key
+    in `app.state.secret`, the asyncpg pool in `app.state.pool`."""
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        secret = os.environ.get("SECRET_KEY", "")
+        if not secret:
+            raise SystemExit(f"{name}: set SECRET_KEY (the service's) to verify bearer tokens")
+        app.state.secret = secret
+        # The service's pool: DB_POOL_SIZE=10 + DB_MAX_OVERFLOW=10.
+        app.state.pool = await asyncpg.create_pool(
+            _dsn(), min_size=10, max_size=20, reset=_no_reset
+        )
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    return lifespan
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -318,5 +326,5 @@ app = Starlette(
         Route("/posts", posts, methods=["GET", "POST"]),
         Route("/posts/{post_id:int}", get_post, methods=["GET"]),
     ],
-    lifespan=lifespan,
+    lifespan=pool_lifespan("ceiling"),
 )

@@ -18,9 +18,6 @@ Run (bench/run.py does this):
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -33,13 +30,12 @@ from ceiling import (
     JSON,
     JWT_ALGORITHM,
     VERSION,
-    _dsn,
     _dumps,
-    _no_reset,
     _post,
     decode_cursor,
     derived_values,
     first_page,
+    pool_lifespan,
 )
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
@@ -49,21 +45,7 @@ from pydantic import BaseModel, StringConstraints
 MAX_ID = 2**31 - 1
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    secret = os.environ.get("SECRET_KEY", "")
-    if not secret:
-        raise SystemExit("floor: set SECRET_KEY (the service's) to verify bearer tokens")
-    app.state.secret = secret
-    # The ceiling's pool: 10-20 connections, no reset query on release.
-    app.state.pool = await asyncpg.create_pool(_dsn(), min_size=10, max_size=20, reset=_no_reset)
-    try:
-        yield
-    finally:
-        await app.state.pool.close()
-
-
-app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+app = FastAPI(lifespan=pool_lifespan("floor"), openapi_url=None, docs_url=None, redoc_url=None)
 
 
 def _pool(request: Request) -> asyncpg.Pool:
