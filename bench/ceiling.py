@@ -8,7 +8,8 @@ matter to a client:
     GET  /posts/{id}    published post with `author` (username) and a strong ETag; 404 otherwise
     GET  /posts         published posts, newest first (created_at, id), `limit`, `skip`, `cursor`,
                         `q` (full-text on the stored posts.search_document, as crud.py),
-                        `author` (case-insensitive username substring); a
+                        `author` (case-insensitive username substring, each matching
+                        author's newest posts through LATERAL, as crud.py); a
                         `Link: <...>; rel="next"` header built exactly as pagination.py does
     POST /posts         201 + Location; the content rendered by the service's rendering.py
                         (markdown-it-py + nh3), the slug made from the title; the bearer
@@ -220,10 +221,6 @@ async def first_page(
     args: list[Any] = []
     if author:
         args.append(_like_pattern(author))
-        where.append(
-            f"p.author_id IN (SELECT id FROM users WHERE lower(username) LIKE ${len(args)}"
-            " ESCAPE '\\')"
-        )
     if q:
         args.append(q)
         where.append(f"{SEARCH_DOCUMENT} @@ plainto_tsquery('english', ${len(args)})")
@@ -231,11 +228,20 @@ async def first_page(
         args += after
         where.append(f"(p.created_at, p.id) < (${len(args) - 1}, ${len(args)})")
     args += (limit + 1, skip or 0)
-    sql = (
-        f"SELECT {COLUMNS} FROM posts p JOIN users u ON u.id = p.author_id "
-        f"WHERE {' AND '.join(where)} ORDER BY p.created_at DESC, p.id DESC "
-        f"LIMIT ${len(args) - 1} OFFSET ${len(args)}"
-    )
+    newest = "ORDER BY p.created_at DESC, p.id DESC"
+    page = f"LIMIT ${len(args) - 1} OFFSET ${len(args)}"
+    if author:  # crud.py's form: each matching author's first posts (LATERAL), merged
+        sql = (
+            f"SELECT {COLUMNS} FROM (SELECT id, username FROM users WHERE lower(username) "
+            "LIKE $1 ESCAPE '\\') u CROSS JOIN LATERAL (SELECT * FROM posts p "
+            f"WHERE p.author_id = u.id AND {' AND '.join(where)} {newest} "
+            f"LIMIT ${len(args) - 1}::int + ${len(args)}::int) p {newest} {page}"
+        )
+    else:
+        sql = (
+            f"SELECT {COLUMNS} FROM posts p JOIN users u ON u.id = p.author_id "
+            f"WHERE {' AND '.join(where)} {newest} {page}"
+        )
     rows = await pool.fetch(sql, *args)
     headers = {}
     if len(rows) > limit:
