@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import itertools
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,6 @@ from fastapi.dependencies.models import Dependant
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
-from starlette.routing import BaseRoute
 
 import crud
 from cache import PostReader, create_post_cache
@@ -41,6 +39,7 @@ from proxies import ClientAddressMiddleware
 from ratelimit import LoginAccountThrottle, RateLimitMiddleware
 from realtime import create_hub
 from redis_backend import RedisBackend
+from route_table import include_flat
 from routes import auth, comments, health, posts, tags
 from routes import metrics as metrics_routes
 from routes import realtime as realtime_routes
@@ -155,16 +154,13 @@ def include_checking_tokens(app: FastAPI, router: APIRouter, **options: Any) -> 
     """`router`'s routes, each refusing a sent but bad token (deps.get_optional_user).
 
     A route that already asks for the caller (OptionalUser, CurrentUser...) is not given the
-    check a second time: FastAPI would solve the cached dependency again (~13 µs a request).
-    Consecutive routes alike are included together, in order, so matching is unchanged."""
-
-    def checked(route: BaseRoute) -> bool:
-        return isinstance(route, APIRoute) and _depends_on(route.dependant, get_optional_user)
-
-    for already_checked, routes in itertools.groupby(router.routes, key=checked):
-        app.include_router(
-            APIRouter(routes=list(routes)),
-            dependencies=None if already_checked else [Depends(get_optional_user)],
+    check a second time: FastAPI would solve the cached dependency again (~13 µs a request)."""
+    for route in router.routes:
+        checked = isinstance(route, APIRoute) and _depends_on(route.dependant, get_optional_user)
+        include_flat(
+            app,
+            APIRouter(routes=[route]),
+            dependencies=[] if checked else [Depends(get_optional_user)],
             **options,
         )
 
@@ -194,10 +190,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A bearer token that is sent but bad is refused on every endpoint, public ones included;
     # operational ones and the docs check it without the database.
     check_token_offline = [Depends(reject_unsound_token)]
-    app.include_router(
-        health.router, dependencies=check_token_offline, responses=error_responses(401, 500)
+    include_flat(
+        app, health.router, dependencies=check_token_offline, responses=error_responses(401, 500)
     )
-    app.include_router(
+    include_flat(
+        app,
         metrics_routes.router,
         dependencies=[Depends(check_metrics_access)],
         responses=error_responses(
@@ -210,7 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     common = error_responses(400, 401, 422, 429, 500, 503)
     for router in (auth.router, posts.router, comments.router, tags.router):
         include_checking_tokens(app, router, responses=common)
-    app.include_router(realtime_routes.router)
+    include_flat(app, realtime_routes.router)
     if settings.docs_enabled:
         install_docs(app, dependencies=check_token_offline)
     # Inside CORS (so 429s carry CORS headers) and RequestContext (so they carry X-Request-ID).
