@@ -11,6 +11,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from errors import InvalidToken, TokenExpired
+from process_memory import keep_large_blocks_unmapped
 from schemas import MAX_ID
 
 JWT_ALGORITHM = "HS256"
@@ -20,6 +21,8 @@ JWT_ALGORITHM = "HS256"
 # logins at once would otherwise add hundreds of MB. Hashes made with other parameters still
 # verify (the parameters are stored in the hash).
 password_hasher = PasswordHash((Argon2Hasher(time_cost=2, memory_cost=19_456, parallelism=1),))
+# ... and that memory is returned when a hash is done, not kept by the process (process_memory).
+keep_large_blocks_unmapped()
 # Verified against when the username is unknown, so both failures cost the same time.
 DUMMY_PASSWORD_HASH = password_hasher.hash("not-a-real-password-only-for-timing")
 
