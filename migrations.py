@@ -4,6 +4,7 @@ when MIGRATE_ON_START is set) with the command that fixes it."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
 import os
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
@@ -48,13 +49,39 @@ def alembic_config(database_url: str, *, configure_logger: bool = True) -> Alemb
 
 @lru_cache
 def known_revisions() -> tuple[str, frozenset[str]]:
-    """The head revision of this version's migrations, and every revision they know."""
-    from alembic.script import ScriptDirectory
+    """The head revision of this version's migrations, and every revision they know.
 
-    scripts = ScriptDirectory.from_config(alembic_config("sqlite+aiosqlite://"))
-    head = scripts.get_current_head()
-    assert head is not None
-    return head, frozenset(script.revision for script in scripts.walk_revisions())
+    Read from the `revision` and `down_revision` lines of alembic/versions/ (a linear history)
+    without importing alembic: alembic's script directory brings mako and pygments along, some
+    10 MB in every worker that only checks the revision. tests/test_migrations.py checks the
+    answer against alembic's own."""
+    links: dict[str, str | None] = {}
+    for path in sorted((ROOT / "alembic" / "versions").glob("*.py")):
+        values = _module_constants(path, ("revision", "down_revision"))
+        links[values["revision"]] = values["down_revision"]
+    heads = set(links) - set(links.values())
+    if len(heads) != 1:
+        raise RuntimeError(f"alembic/versions/ has {len(heads)} heads: {sorted(heads)}")
+    return heads.pop(), frozenset(links)
+
+
+def _module_constants(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """The literal values of top-level assignments to `names` in a Python file."""
+    values: dict[str, Any] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        target: ast.expr
+        if isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in names:
+            values[target.id] = ast.literal_eval(value)
+    missing = set(names) - set(values)
+    if missing:
+        raise RuntimeError(f"{path.name} does not set {sorted(missing)}")
+    return values
 
 
 def head_revision() -> str:

@@ -12,6 +12,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from conftest import ROOT, alembic_upgrade, in_own_thread, reset_postgres_schema
 
+import migrations
 from alembic import command
 
 pytestmark = [
@@ -62,6 +63,13 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("sqlite+aiosqlite://")).get_current_head()
     assert head is not None
     return head
+
+
+def test_the_service_knows_alembics_revisions() -> None:
+    """migrations.known_revisions reads alembic/versions/ without alembic: the same answer."""
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite+aiosqlite://"))
+    known = frozenset(script.revision for script in scripts.walk_revisions())
+    assert migrations.known_revisions() == (head_revision(), known)
 
 
 # --- SQLite --------------------------------------------------------------------------------------
