@@ -24,8 +24,8 @@ import observability
 from database import Database, Row
 from errors import PostNotFound
 from models import Post, User
+from post_json import dumps_post
 from redis_backend import RedisBackend
-from schemas import PostRead
 
 logger = logging.getLogger("blog.cache")
 
@@ -231,7 +231,7 @@ def etag_of(post: Post | Row) -> str:
 
 
 def encode_post(row: Row) -> CachedPost:
-    return CachedPost(etag_of(row), PostRead.model_validate(row).model_dump_json().encode())
+    return CachedPost(etag_of(row), dumps_post(row))
 
 
 MAX_SLUG_HINTS = 10_000

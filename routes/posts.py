@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
-from pydantic import TypeAdapter
 
 import crud
 import idempotency
@@ -32,6 +31,7 @@ from openapi_document import (
     X_TOTAL_COUNT,
 )
 from pagination import next_link
+from post_json import dumps_posts
 from rendering import SLUG_FORM, SLUG_MAX_LENGTH
 from schemas import (
     MAX_ID,
@@ -51,8 +51,6 @@ from schemas import (
 )
 
 router = APIRouter(prefix="/posts", tags=["posts"])
-
-POST_LIST = TypeAdapter(list[PostRead])
 
 
 def _listed_etags(header: str) -> list[str]:
@@ -211,8 +209,7 @@ async def list_posts(
         params["published"] = None if published else False
         params["sort"] = sort.value
         headers["Link"] = next_link("/posts", params, page.next_cursor)
-    body = POST_LIST.dump_json(POST_LIST.validate_python(page.posts))
-    return Response(body, media_type="application/json", headers=headers)
+    return Response(dumps_posts(page.posts), media_type="application/json", headers=headers)
 
 
 # GET /posts/{id} and GET /posts/slug/{slug} answer alike: from the cache, with ETag and 304.
