@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import OAuth2PasswordBearer
+from fastapi.security.base import SecurityBase
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
@@ -62,28 +63,37 @@ def database_of(connection: HTTPConnection) -> Database:
     return database
 
 
-async def get_optional_user(
-    connection: HTTPConnection,
-    token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> User | None:
+class OptionalBearerUser(SecurityBase):
     """The caller if a token was sent; a sent but bad token is always 401.
 
-    It needs no session of the request's: anonymous reads then open none at all."""
-    if token is None:
-        return None
-    state = connection.app.state
-    verified = connection.scope.get("state", {}).get(VERIFIED_TOKEN)
-    if verified is not None and verified[0] == token:
-        user_id: int = verified[1]  # the rate limiter decoded this very token already
-    else:
-        user_id = decode_access_token(token, state.settings.jwt_secret)
-    user = await crud.get_user(state.database, user_id)
-    if user is None:
-        raise InvalidToken()
-    connection.state.user_id = user.id  # for the access log (observability.py)
-    return user
+    The security scheme is itself the dependency that resolves the user: FastAPI solves one
+    dependency per request where a token scheme plus a user dependency on it made two. The
+    OpenAPI document sees `oauth2_scheme`'s scheme (same name and flow). It needs no session of
+    the request's: anonymous reads then open none at all."""
+
+    def __init__(self, scheme: OAuth2PasswordBearer) -> None:
+        self.scheme = scheme
+        self.model = scheme.model
+        self.scheme_name = scheme.scheme_name
+
+    async def __call__(self, connection: HTTPConnection) -> User | None:
+        token = await self.scheme(connection)
+        if token is None:
+            return None
+        state = connection.app.state
+        verified = connection.scope.get("state", {}).get(VERIFIED_TOKEN)
+        if verified is not None and verified[0] == token:
+            user_id: int = verified[1]  # the rate limiter decoded this very token already
+        else:
+            user_id = decode_access_token(token, state.settings.jwt_secret)
+        user = await crud.get_user(state.database, user_id)
+        if user is None:
+            raise InvalidToken()
+        connection.state.user_id = user.id  # for the access log (observability.py)
+        return user
 
 
+get_optional_user = OptionalBearerUser(oauth2_scheme)
 OptionalUser = Annotated[User | None, Depends(get_optional_user)]
 
 
