@@ -10,9 +10,10 @@ when a slot frees.
 Counters live in Redis when `REDIS_URL` is set (shared by every worker, through the shared
 connection pool of `RedisBackend`) and in process memory otherwise (the `limits` library's moving
 window). In Redis the window is a sorted set of request times, read and updated by one script
-(MOVING_WINDOW), on Redis's own clock so workers on different hosts agree; the `limits` Redis
-storage would take two round trips per request (the hit, then the window's stats). The checks of
-the requests that reach the limiter in the same turn of the event loop go out together
+(TAKE_SLOTS), on Redis's own clock so workers on different hosts agree; the `limits` Redis
+storage would take two round trips per request (the hit, then the window's stats). A busy
+client's slots are taken a few at a time and handed out by the worker (rate_leases.py), and the
+asks that reach the limiter in the same turn of the event loop go out together
 (`RedisBackend.pipelined`): one write and one read for the lot, each script still atomic, so the
 limit stays exact (no worker admits past it) at a fraction of a round trip per request.
 While Redis is unreachable the in-process limiter takes over; `RedisBackend` logs the outage once
@@ -50,6 +51,7 @@ from errors import (
     error_response,
 )
 from observability import record_rate_limited
+from rate_leases import Grant, SlotLeases, hold_seconds, lease_ceiling
 from redis_backend import RedisBackend
 from security import decode_access_token
 
@@ -87,6 +89,36 @@ if oldest[2] then
   reset = tonumber(oldest[2]) + window - now
 end
 return {allowed, limit - count, tostring(reset)}
+"""
+
+
+# The middleware's window script: MOVING_WINDOW taking up to ARGV[3] slots (rate_leases.py).
+# KEYS[1]: the client's window; ARGV: limit, window seconds, slots wanted, seconds the slots
+# after the first are kept (they are recorded that much later), a member prefix unique to this
+# ask. Returns {slots granted (0: refused), free slots left, seconds until the oldest leaves}.
+TAKE_SLOTS = """
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3])
+local hold = tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local granted = math.max(0, math.min(wanted, limit - count))
+for slot = 1, granted do
+  local at = now
+  if slot > 1 then at = now + hold end
+  redis.call('ZADD', KEYS[1], at, ARGV[5] .. ':' .. slot)
+end
+count = count + granted
+redis.call('EXPIRE', KEYS[1], math.ceil(window + hold))
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reset = 0
+if oldest[2] then
+  reset = tonumber(oldest[2]) + window - now
+end
+return {granted, limit - count, tostring(reset)}
 """
 
 
@@ -210,7 +242,8 @@ class RateLimitMiddleware:
         # Without Redis, and during a Redis outage: counters in this process only.
         self.memory_limiter = MovingWindowRateLimiter(MemoryStorage())
         self._redis_backend: RedisBackend | None = None
-        self._moving_window: AsyncScript | None = None
+        self._take_slots: AsyncScript | None = None
+        self.leases = SlotLeases()
         # Members of the sorted sets: unique across processes without asking the OS each time.
         self._members = (f"{os.getpid()}-{os.urandom(4).hex()}-{n}" for n in itertools.count())
 
@@ -290,15 +323,22 @@ class RateLimitMiddleware:
         backend = self.redis_backend(scope)
         if backend is None:
             return await consume_in_process(self.memory_limiter, item, category, key)
-        script = self.moving_window(backend)
+        script = self.take_slots_script(backend)
         window_key = f"{REDIS_KEY_PREFIX}:{category}:{key}"
+        window = item.get_expiry()
+        hold = hold_seconds(window)
 
-        async def shared(_client: Redis) -> Decision:
-            args: list[int | str] = [item.amount, item.get_expiry(), next(self._members)]
-            allowed, remaining, reset_in = await backend.run_script(
+        async def take_slots(wanted: int) -> Grant:
+            args: list[int | float | str] = [item.amount, window, wanted, hold, next(self._members)]
+            granted, remaining, reset_in = await backend.run_script(
                 script, [window_key], args, pipelined=True
             )
-            return decision(item, allowed == 1, int(remaining), float(reset_in))
+            return Grant(int(granted), int(remaining), float(reset_in))
+
+        async def shared(_client: Redis) -> Decision:
+            ceiling = lease_ceiling(item.amount)
+            admission = await self.leases.take(window_key, ceiling, hold, take_slots)
+            return decision(item, admission.allowed, admission.remaining, admission.reset_in)
 
         async def local() -> Decision:
             return await consume_in_process(self.memory_limiter, item, category, key)
@@ -313,12 +353,12 @@ class RateLimitMiddleware:
         backend = getattr(state, "redis", None)
         return backend if isinstance(backend, RedisBackend) else None
 
-    def moving_window(self, backend: RedisBackend) -> AsyncScript:
+    def take_slots_script(self, backend: RedisBackend) -> AsyncScript:
         """The window script on the backend's client; registered again if it is replaced."""
-        if self._moving_window is None or self._redis_backend is not backend:
-            self._moving_window = backend.client.register_script(MOVING_WINDOW)
+        if self._take_slots is None or self._redis_backend is not backend:
+            self._take_slots = backend.client.register_script(TAKE_SLOTS)
             self._redis_backend = backend
-        return self._moving_window
+        return self._take_slots
 
 
 class LoginAccountThrottle:

@@ -66,5 +66,5 @@ def test_a_page_is_pydantics_bytes() -> None:
 
 
 def test_the_fields_are_postreads_in_order() -> None:
-    assert FIELDS == tuple(PostRead.model_fields)
+    assert tuple(PostRead.model_fields) == FIELDS
     assert list(PostRead.model_validate(ROWS[3]).model_dump()) == list(FIELDS)
