@@ -14,7 +14,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 from errors import websocket_denied
-from middleware import request_id_var
+from request_id import request_id_var
 
 
 class RequestIdFilter(logging.Filter):

@@ -31,7 +31,7 @@ from typing import Any
 
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 logger = logging.getLogger("blog.observability")
 access_logger = logging.getLogger("blog.access")
@@ -331,56 +331,30 @@ class AccessRecord(logging.LogRecord):
         return self.msg
 
 
-class ObservabilityMiddleware:
-    """Per HTTP request: count it, time it by route template and write one access-log line.
-
-    Add it inside RequestContextMiddleware, whose request id it logs. The caller's user id comes
-    from `scope["state"]["user_id"]`, which `deps.get_optional_user` sets.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # unless a response starts: an exception becomes a 500 further out
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            self._finished(scope, status, time.perf_counter() - started)
-
-    @staticmethod
-    def _finished(scope: Scope, status: int, seconds: float) -> None:
-        route = route_template(scope)
-        method: str = scope["method"]
-        record_request(method if method in METHODS else "OTHER", route, status, seconds)
-        if not access_logger.isEnabledFor(logging.INFO):
-            return
-        state = scope.get("state") or {}
-        client = scope.get("client")
-        duration_ms = round(seconds * 1000, 3)
-        path: str = scope["path"]
-        if len(path) > MAX_LOGGED_PATH:
-            path = f"{path[:MAX_LOGGED_PATH]}...[{len(path) - MAX_LOGGED_PATH} more]"
-        # The message names the route template (bounded); the path appears once, capped.
-        fields = {
-            "request_id": state.get("request_id"),
-            "method": method,
-            "route": route,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "user_id": state.get("user_id"),
-            "client_ip": client[0] if client else None,
-        }
-        access_logger.handle(AccessRecord(f"{method} {route} {status} {duration_ms:.1f}ms", fields))
+def request_finished(scope: Scope, status: int, seconds: float) -> None:
+    """Count and time an HTTP request by route template and write its access-log line (called by
+    edge.EdgeMiddleware once the app has answered). The caller's user id comes from
+    `scope["state"]["user_id"]`, which `deps.get_optional_user` sets."""
+    route = route_template(scope)
+    method: str = scope["method"]
+    record_request(method if method in METHODS else "OTHER", route, status, seconds)
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    state = scope.get("state") or {}
+    client = scope.get("client")
+    duration_ms = round(seconds * 1000, 3)
+    path: str = scope["path"]
+    if len(path) > MAX_LOGGED_PATH:
+        path = f"{path[:MAX_LOGGED_PATH]}...[{len(path) - MAX_LOGGED_PATH} more]"
+    # The message names the route template (bounded); the path appears once, capped.
+    fields = {
+        "request_id": state.get("request_id"),
+        "method": method,
+        "route": route,
+        "path": path,
+        "status": status,
+        "duration_ms": duration_ms,
+        "user_id": state.get("user_id"),
+        "client_ip": client[0] if client else None,
+    }
+    access_logger.handle(AccessRecord(f"{method} {route} {status} {duration_ms:.1f}ms", fields))

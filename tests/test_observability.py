@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import observability
 from logging_setup import configure_logging
-from middleware import request_id_var
+from request_id import request_id_var
 from tests.conftest import ROOT, TEST_SECRET, alembic_upgrade, create_post, free_port
 from tests.worker_processes import SERVER_FLAGS
 
