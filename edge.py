@@ -40,9 +40,15 @@ from security_headers import (
 
 logger = logging.getLogger("blog.request")
 
+# A `scope["state"]` key: raw headers an inner layer wants on the response, in place of any of
+# the same names the route set (the rate limiter's X-RateLimit-*).
+RESPONSE_HEADERS = "response_headers"
+
 # What bench/layers.py may leave out to measure its cost (EdgeMiddleware's `leave_out`).
 EdgePart = Literal["metrics_and_access_log", "security_headers", "body_limit"]
 EDGE_PARTS = frozenset(get_args(EdgePart))
+
+NO_NAMES: frozenset[bytes] = frozenset()
 
 
 def strip_trailing_slash(scope: Scope) -> None:
@@ -140,6 +146,7 @@ class EdgeMiddleware:
             logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if status:
                 raise
+            state.pop(RESPONSE_HEADERS, None)  # meant for the route's answer
             await internal_error(request_id)(scope, receive, send_with_headers)
         finally:
             request_id_var.reset(token)
@@ -169,6 +176,7 @@ class EdgeMiddleware:
         """The response's headers with the edge's added, in one pass over them (a MutableHeaders
         lookup per header would scan and decode the whole list each time):
 
+        - the inner layers' RESPONSE_HEADERS, in place of the route's of the same names;
         - X-Request-ID and X-Process-Time (seconds from the request's arrival at the edge);
         - no `server` (uvicorn's own is off, --no-server-header);
         - X-Content-Type-Options, X-Frame-Options, Referrer-Policy, Content-Security-Policy and
@@ -179,11 +187,13 @@ class EdgeMiddleware:
           static assets.
         """
         elapsed = f"{time.perf_counter() - started:.6f}".encode()
+        added: list[tuple[bytes, bytes]] = scope["state"].get(RESPONSE_HEADERS) or []
+        replaced = {name for name, _ in added} if added else NO_NAMES
         headers: list[tuple[bytes, bytes]] = []
         present: set[bytes] = set()
         vary: bytes | None = None
         for name, value in message.get("headers", ()):
-            if name == b"server":
+            if name == b"server" or name in replaced:
                 continue
             if name == b"vary":
                 if vary is None:
@@ -191,6 +201,7 @@ class EdgeMiddleware:
                 continue
             present.add(name)
             headers.append((name, value))
+        headers += added
         headers.append((b"x-request-id", request_id.encode()))
         headers.append((b"x-process-time", elapsed))
         if self.csp is None:  # bench/layers.py, measuring the edge without the security headers
