@@ -130,7 +130,7 @@ class EdgeMiddleware:
 
         try:
             try:
-                if self.allowed_hosts and not self.allowed_hosts.allows(host_name(scope)):
+                if self.wrong_host(scope):
                     await invalid_host()(scope, receive, send_with_headers)
                 elif self.body_limit is None:
                     await self.app(scope, receive, send_with_headers)
@@ -160,7 +160,7 @@ class EdgeMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         try:
-            if self.allowed_hosts and not self.allowed_hosts.allows(host_name(scope)):
+            if self.wrong_host(scope):
                 await send({"type": "websocket.close", "code": 1008, "reason": "invalid host"})
             else:
                 await self.app(scope, receive, send)
@@ -169,6 +169,10 @@ class EdgeMiddleware:
             raise
         finally:
             request_id_var.reset(token)
+
+    def wrong_host(self, scope: Scope) -> bool:
+        """ALLOWED_HOSTS is set and the request's `Host` is not in it."""
+        return self.allowed_hosts is not None and not self.allowed_hosts.allows(host_name(scope))
 
     def response_headers(
         self, scope: Scope, message: Message, request_id: str, started: float
