@@ -8,8 +8,8 @@ PORT ?= 8000
 # app alone decides the client address (FORWARDED_ALLOW_IPS), no `server` header, and uvicorn's
 # HTTP protocol with a cap and a deadline on request heads (http_protocol.py).
 SERVER_FLAGS := --no-proxy-headers --no-server-header --http http_protocol:BoundedHttpToolsProtocol
-APP_MODULES := main.py offline_docs.py openapi_document.py rendering.py feeds.py security_headers.py config.py database.py models.py schemas.py crud.py security.py errors.py \
-	middleware.py deps.py pagination.py logging_setup.py manage.py ratelimit.py observability.py shutdown.py routes \
+APP_MODULES := main.py edge.py request_id.py body_limit.py hosts.py offline_docs.py openapi_document.py rendering.py feeds.py security_headers.py config.py database.py models.py schemas.py crud.py security.py errors.py \
+	deps.py pagination.py logging_setup.py manage.py ratelimit.py observability.py access_log.py shutdown.py routes \
 	proxies.py http_protocol.py idempotency.py socket_limits.py route_table.py process_memory.py post_json.py rate_leases.py
 
 .PHONY: run test lint format migrate install dev clean docs-assets

@@ -12,7 +12,7 @@ command selects this class (`--http http_protocol:BoundedHttpToolsProtocol`), wh
   byte of each further request on it: 408, then the connection is closed.
 
 Both answers are the JSON error envelope with `Connection: close`. The time to read a body is
-bounded in the application (`middleware.BodySizeLimitMiddleware`). In production nginx sits in
+bounded in the application (`body_limit.BodyLimit`). In production nginx sits in
 front with its own limits (deploy/nginx.conf); these hold when it does not.
 """
 

@@ -7,14 +7,14 @@ import re
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 from errors import websocket_denied
-from middleware import request_id_var
+from request_id import request_id_var
 
 
 class RequestIdFilter(logging.Filter):
@@ -72,7 +72,7 @@ class DeniedHandshakeIsNoError(logging.Filter):
 class JsonFormatter(OrjsonFormatter):
     """python-json-logger's line, with a fast path for the access line (one per request).
 
-    An access record (`observability.AccessRecord`) carries its fields ready in `fields`: the
+    An access record (`access_log.AccessRecord`) carries its fields ready in `fields`: the
     line is those after the usual time, level, logger, message, request_id and instance, in one
     `orjson.dumps`, the same keys in the same order as the general path writes them, without its
     scan of every attribute of the record."""
@@ -100,11 +100,91 @@ class JsonFormatter(OrjsonFormatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)  # the date and time change once a second, not per line
-        if second != self._second:
+        return self._time_text(int(record.created), int(record.msecs))
+
+    def time_text(self, created: float) -> str:
+        """What formatTime writes for a record made at `created` (time.time())."""
+        second = int(created)
+        return self._time_text(second, int((created - second) * 1000))
+
+    def _time_text(self, second: int, milliseconds: int) -> str:
+        if second != self._second:  # the date and time change once a second, not per line
             self._second_text = time.strftime(self.default_time_format, self.converter(second))
             self._second = second
-        return f"{self._second_text},{int(record.msecs):03d}"
+        return f"{self._second_text},{milliseconds:03d}"
+
+
+class JsonLinesHandler(logging.StreamHandler[TextIO]):
+    """LOG_FORMAT=json: every record through JsonFormatter, and `write_line` for a line whose
+    fields are ready (the access line, one per request), straight to the stream."""
+
+    def __init__(self, stream: TextIO, instance: str) -> None:
+        super().__init__(stream)
+        self.instance = instance
+        self.json_formatter = JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(instance)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            # uvicorn's copy of its message with terminal colour codes; the tag is text's
+            reserved_attrs=[*RESERVED_ATTRS, "color_message", "request_tag"],
+        )
+        self.setFormatter(self.json_formatter)
+        self.own_filters = stamping_filters(instance)
+        for own in self.own_filters:
+            self.addFilter(own)
+
+    def writes_directly(self) -> bool:
+        """`write_line` writes what `logging` would: the handler is as configure_logging made
+        it (its own filters, whose stamps write_line adds itself, and formatter) and takes INFO."""
+        return (
+            self.formatter is self.json_formatter
+            and self.filters == self.own_filters
+            and self.level <= logging.INFO
+        )
+
+    def write_line(self, logger_name: str, message: str, fields: dict[str, Any]) -> None:
+        """The line JsonFormatter makes of an INFO record of `logger_name` carrying `fields`,
+        written as `emit` would, without the record."""
+        try:
+            line = orjson.dumps(
+                {
+                    "time": self.json_formatter.time_text(time.time()),
+                    "level": "INFO",
+                    "logger": logger_name,
+                    "message": message,
+                    "request_id": request_id_var.get(),
+                    "instance": self.instance,
+                    **fields,
+                },
+                default=self.json_formatter.json_default,
+            ).decode()
+            self.acquire()
+            try:
+                self.stream.write(line + self.terminator)
+                self.flush()
+            finally:
+                self.release()
+        except RecursionError:
+            raise
+        except Exception:
+            failed = {"name": logger_name, "msg": message, "levelno": logging.INFO}
+            self.handleError(logging.makeLogRecord({**failed, "levelname": "INFO"}))
+
+
+def direct_json_handler(logger: logging.Logger) -> JsonLinesHandler | None:
+    """The handler whose `write_line` may stand for logging an INFO record to `logger`: the only
+    handler that record would reach, a JsonLinesHandler that `writes_directly`, with no filter
+    of `logger`'s on the way. None otherwise: the record goes through `logging`."""
+    if logger.filters:
+        return None
+    found: JsonLinesHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if found is not None or type(handler) is not JsonLinesHandler:
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    return found if found is not None and found.writes_directly() else None
 
 
 def effective_log_format(log_format: str | None) -> str:
@@ -127,25 +207,22 @@ def configure_logging(level: str, log_format: str | None, instance: str | None =
     logging.getLogger("uvicorn.access").disabled = True
 
 
+def stamping_filters(instance: str) -> list[logging.Filter]:
+    """What every handler of the service stamps on a record, or does to it."""
+    return [RequestIdFilter(), InstanceFilter(instance), RedactTokens()]
+
+
 def make_handler(log_format: str | None, instance: str | None = None) -> logging.Handler:
     """The stderr handler of every log record, in the effective format."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
-    handler.addFilter(InstanceFilter(instance or socket.gethostname()))
-    handler.addFilter(RedactTokens())
+    instance = instance or socket.gethostname()
     if effective_log_format(log_format) == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(instance)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                # uvicorn's copy of its message with terminal colour codes; the tag is text's
-                reserved_attrs=[*RESERVED_ATTRS, "color_message", "request_tag"],
-            )
+        return JsonLinesHandler(sys.stderr, instance)
+    handler = logging.StreamHandler(sys.stderr)
+    for stamp in stamping_filters(instance):
+        handler.addFilter(stamp)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)-7s %(instance)s %(name)s%(request_tag)s %(message)s"
         )
-    else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)-7s %(instance)s %(name)s%(request_tag)s %(message)s"
-            )
-        )
+    )
     return handler

@@ -21,21 +21,15 @@ from cache import PostReader, create_post_cache
 from config import ConfigError, Settings, describe_invalid_settings, display_url, get_settings
 from database import Database, describe_error
 from deps import check_metrics_access, get_optional_user, reject_unsound_token
+from edge import EdgeMiddleware
 from effects import Effects
 from errors import error_responses, register_error_handlers
 from logging_setup import configure_logging
-from middleware import (
-    AllowedHostsMiddleware,
-    BodySizeLimitMiddleware,
-    RequestContextMiddleware,
-    TrailingSlashMiddleware,
-)
 from migrations import SchemaNotReady, prepare_schema
 from notifications import Notifier
-from observability import ObservabilityMiddleware, record_redis_fallback
+from observability import record_redis_fallback
 from offline_docs import install_docs
 from openapi_document import BlogAPI
-from proxies import ClientAddressMiddleware
 from ratelimit import LoginAccountThrottle, RateLimitMiddleware
 from realtime import create_hub
 from redis_backend import RedisBackend
@@ -43,7 +37,6 @@ from route_table import include_flat
 from routes import auth, comments, health, posts, tags
 from routes import metrics as metrics_routes
 from routes import realtime as realtime_routes
-from security_headers import SecurityHeadersMiddleware
 from shutdown import run_before_server_shutdown
 from socket_limits import SocketLimits
 
@@ -181,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry would look up the
         # global providers on every request for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
-        # Its redirect would be built from the client's Host; TrailingSlashMiddleware instead.
+        # Its redirect would be built from the client's Host; edge.strip_trailing_slash instead.
         redirect_slashes=False,
     )
     app.state.settings = settings
@@ -210,7 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     include_flat(app, realtime_routes.router)
     if settings.docs_enabled:
         install_docs(app, dependencies=check_token_offline)
-    # Inside CORS (so 429s carry CORS headers) and RequestContext (so they carry X-Request-ID).
+    # Inside CORS, so 429s carry CORS headers.
     app.add_middleware(RateLimitMiddleware, settings=settings)
     if settings.cors_origins:
         wildcard = settings.cors_origins == ["*"]
@@ -235,18 +228,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "X-RateLimit-Reset",
             ],
         )
-    app.add_middleware(BodySizeLimitMiddleware, timeout=settings.request_body_timeout_seconds)
-    if "*" not in settings.allowed_hosts:
-        # Before any limit is spent; inside the request id, the metrics and the access log.
-        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
-    # Inside RequestContext (whose request id it logs), outside the rest: 413s and 429s count.
-    app.add_middleware(ObservabilityMiddleware)
-    app.add_middleware(RequestContextMiddleware)
-    # The one place that decides the client address, before anything reads it.
-    app.add_middleware(ClientAddressMiddleware, forwarded_allow_ips=settings.forwarded_allow_ips)
-    app.add_middleware(TrailingSlashMiddleware)
-    # Outermost, so the 500 that RequestContextMiddleware makes of a crash gets the headers too.
-    app.add_middleware(SecurityHeadersMiddleware)
+    # Outermost: its request id, timing, security headers, metrics and access line cover every
+    # answer, 400 (Host), 413, 429, CORS preflights and the 500 it makes of a crash included.
+    app.add_middleware(
+        EdgeMiddleware,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        allowed_hosts=settings.allowed_hosts,
+        body_timeout=settings.request_body_timeout_seconds,
+    )
     return app
 
 

@@ -1,4 +1,4 @@
-"""Observability: Prometheus metrics and one access-log line per request.
+"""Observability: Prometheus metrics, and one access line per request (access_log.py).
 
 Metrics work with one process or many. With several worker processes each worker keeps its
 samples in memory-mapped files in a shared directory and `GET /metrics` (served by any worker)
@@ -24,17 +24,17 @@ import os
 import shutil
 import stat
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
+
+from access_log import log_access
 
 logger = logging.getLogger("blog.observability")
-access_logger = logging.getLogger("blog.access")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 AUTO_DIR_PREFIX = "blog-api-metrics"
@@ -142,7 +142,6 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 UNMATCHED = "<unmatched>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LABELS = ("method", "route", "status")
-MAX_LOGGED_PATH = 1024  # characters of a path in the access log; a longer one is cut
 # 8 bounds (11 lines per series with +Inf, count and sum; 13 made 16): a scrape's size and time
 # grow with series x lines, and these still separate cache hits, queries and the slow tail.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -293,94 +292,10 @@ def _match_route(scope: Scope) -> Any:
     return partial
 
 
-class AccessRecord(logging.LogRecord):
-    """The access line's record, made without `Logger.info`'s work: no caller lookup (a walk up
-    the stack), no `extra` merge, no process and thread names asked for each time. It has every
-    attribute a formatter may use; `fields` are the line's own (logging_setup.JsonFormatter
-    writes them straight out, the text format ignores them)."""
-
-    def __init__(self, message: str, fields: dict[str, Any]) -> None:
-        # LogRecord.__init__ is not called on purpose: it is what this class saves.
-        now = time.time()
-        self.name = access_logger.name
-        self.msg = message
-        self.args = ()
-        self.levelname = "INFO"
-        self.levelno = logging.INFO
-        self.pathname = __file__
-        self.filename = "observability.py"
-        self.module = "observability"
-        self.exc_info = None
-        self.exc_text = None
-        self.stack_info = None
-        self.lineno = 0
-        self.funcName = "access"
-        self.created = now
-        self.msecs = (now - int(now)) * 1000
-        self.relativeCreated = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
-        thread = threading.current_thread()
-        self.thread = thread.ident
-        self.threadName = thread.name
-        self.processName = multiprocessing.current_process().name
-        self.process = os.getpid()
-        self.taskName = None
-        self.fields = fields
-        self.request_id = fields["request_id"]  # RequestIdFilter sets the same from its context
-
-    def getMessage(self) -> str:
-        return self.msg
-
-
-class ObservabilityMiddleware:
-    """Per HTTP request: count it, time it by route template and write one access-log line.
-
-    Add it inside RequestContextMiddleware, whose request id it logs. The caller's user id comes
-    from `scope["state"]["user_id"]`, which `deps.get_optional_user` sets.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # unless a response starts: an exception becomes a 500 further out
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            self._finished(scope, status, time.perf_counter() - started)
-
-    @staticmethod
-    def _finished(scope: Scope, status: int, seconds: float) -> None:
-        route = route_template(scope)
-        method: str = scope["method"]
-        record_request(method if method in METHODS else "OTHER", route, status, seconds)
-        if not access_logger.isEnabledFor(logging.INFO):
-            return
-        state = scope.get("state") or {}
-        client = scope.get("client")
-        duration_ms = round(seconds * 1000, 3)
-        path: str = scope["path"]
-        if len(path) > MAX_LOGGED_PATH:
-            path = f"{path[:MAX_LOGGED_PATH]}...[{len(path) - MAX_LOGGED_PATH} more]"
-        # The message names the route template (bounded); the path appears once, capped.
-        fields = {
-            "request_id": state.get("request_id"),
-            "method": method,
-            "route": route,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "user_id": state.get("user_id"),
-            "client_ip": client[0] if client else None,
-        }
-        access_logger.handle(AccessRecord(f"{method} {route} {status} {duration_ms:.1f}ms", fields))
+def request_finished(scope: Scope, status: int, seconds: float) -> None:
+    """Count and time an HTTP request by route template and write its access line (called by
+    edge.EdgeMiddleware once the app has answered)."""
+    route = route_template(scope)
+    method: str = scope["method"]
+    record_request(method if method in METHODS else "OTHER", route, status, seconds)
+    log_access(scope, method, route, status, seconds)

@@ -1,6 +1,6 @@
 """`/docs` (Swagger UI) and `/redoc` served with assets vendored in static/docs: no CDN needed.
 
-Each docs page carries its own Content-Security-Policy, which SecurityHeadersMiddleware keeps:
+Each docs page carries its own Content-Security-Policy, which the edge (edge.py) keeps:
 the page's inline script is allowed by its SHA-256 hash, everything else must come from this
 service (see security_headers.docs_content_security_policy).
 

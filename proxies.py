@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CACHE_BOUND = 4096  # parsing an address costs more than the rest of the check
@@ -75,27 +75,21 @@ def client_ip(scope: Scope, proxies: TrustedProxies) -> str:
     return address
 
 
-class ClientAddressMiddleware:
+def apply_trusted_proxy(scope: Scope, proxies: TrustedProxies) -> None:
     """Rewrites `scope["client"]` (and the scheme) from a trusted proxy's headers, so the rate
-    limits, the access log and every route see the same client address."""
-
-    def __init__(self, app: ASGIApp, forwarded_allow_ips: list[str]) -> None:
-        self.app = app
-        self.proxies = TrustedProxies(forwarded_allow_ips)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.proxies and scope["type"] in ("http", "websocket"):
-            client = scope.get("client")
-            if client and self.proxies.trusts(client[0]):
-                scope["client"] = (client_ip(scope, self.proxies), client[1])
-                for key, value in scope.get("headers", ()):
-                    if key == b"x-forwarded-proto":
-                        proto = value.decode("latin-1").split(",")[-1].strip().lower()
-                        if proto in ("http", "https"):
-                            secure = proto == "https"
-                            if scope["type"] == "websocket":
-                                scope["scheme"] = "wss" if secure else "ws"
-                            else:
-                                scope["scheme"] = proto
-                        break
-        await self.app(scope, receive, send)
+    limits, the access log and every route see the same client address (edge.EdgeMiddleware
+    calls it for every HTTP request and WebSocket handshake, before anything reads them)."""
+    client = scope.get("client")
+    if not client or not proxies.trusts(client[0]):
+        return
+    scope["client"] = (client_ip(scope, proxies), client[1])
+    for key, value in scope.get("headers", ()):
+        if key == b"x-forwarded-proto":
+            proto = value.decode("latin-1").split(",")[-1].strip().lower()
+            if proto in ("http", "https"):
+                secure = proto == "https"
+                if scope["type"] == "websocket":
+                    scope["scheme"] = "wss" if secure else "ws"
+                else:
+                    scope["scheme"] = proto
+            break

@@ -2,8 +2,8 @@
 
 Each request that is limited falls in one category (`login`, `write` or `read`), each with its
 own configurable limit, counted per client: the user id when the request carries a valid bearer
-token, else the client IP (decided once by `proxies.ClientAddressMiddleware`, which believes
-`X-Forwarded-For` only from a trusted proxy). The strategy is a moving window, so
+token, else the client IP (decided once, by the edge with `proxies.apply_trusted_proxy`, which
+believes `X-Forwarded-For` only from a trusted proxy). The strategy is a moving window, so
 `X-RateLimit-Reset` and `Retry-After` say when the oldest request in the window leaves it, i.e.
 when a slot frees.
 
@@ -39,10 +39,11 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from starlette.datastructures import QueryParams
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from config import Settings
+from edge import RESPONSE_HEADERS
 from errors import (
     InvalidCredentials,
     NotAuthenticated,
@@ -155,6 +156,9 @@ class Decision:
             "X-RateLimit-Reset": str(self.reset_in),
         }
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(name.lower().encode(), value.encode()) for name, value in self.headers().items()]
+
 
 def request_path(scope: Scope) -> str:
     """The path within the application (without a root path), without a trailing slash."""
@@ -205,7 +209,7 @@ def websocket_token(scope: Scope) -> str | None:
 
 
 def peer_ip(scope: Scope) -> str:
-    """The client's address, as ClientAddressMiddleware decided it."""
+    """The client's address, as the edge decided it (proxies.apply_trusted_proxy)."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
 
@@ -271,19 +275,9 @@ class RateLimitMiddleware:
             await error_response(429, detail, "RATE_LIMITED", headers)(scope, receive, send)
             return
 
-        raw = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-        names = {name for name, _ in raw}
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                # Ours replace any the route set (one pass, not a MutableHeaders scan per name).
-                message["headers"] = [
-                    *(item for item in message.get("headers", ()) if item[0] not in names),
-                    *raw,
-                ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        # edge.EdgeMiddleware puts them on the response, in place of any the route set.
+        scope.setdefault("state", {})[RESPONSE_HEADERS] = decision.raw_headers()
+        await self.app(scope, receive, send)
 
     async def websocket_handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake counts as a read, charged to the user of its token (`?token=`

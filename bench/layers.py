@@ -8,10 +8,13 @@ measures the process's CPU time (user + system) per request. Each workload is me
 - the service as `make bench` runs it (production settings, PostgreSQL, Redis, rate limits on
   but never reached, JSON access log; the log goes to /dev/null, formatted all the same);
 - the same with ONE layer switched off, through a setting where there is one (rate limits:
-  RATE_LIMIT_ENABLED=false; the access log: LOG_LEVEL=WARNING) and otherwise by leaving its
-  middleware out of `app.user_middleware` before the app first runs (metrics + access log,
-  security headers, request context, body size limit, Host check, client address, trailing
-  slash): the difference is that layer's cost;
+  RATE_LIMIT_ENABLED=false; the access log: LOG_LEVEL=WARNING; the Host check: ALLOWED_HOSTS=*)
+  and otherwise by giving the edge layer (edge.EdgeMiddleware) a `leave_out` before the app
+  first runs (metrics + access log, security headers, body size limit): the difference is that
+  layer's cost;
+- the edge layer left out of `app.user_middleware` altogether: what is left of it once its parts
+  above are subtracted is its core (request id + timing, trailing slash, client address, its one
+  send wrapper);
 - every layer above off at once: what the routes, dependencies, crud, the ORM and the cache cost;
 - the floor (FastAPI routes + asyncpg) and the ceiling (Starlette + asyncpg), for reference.
 
@@ -53,17 +56,30 @@ WORKLOADS = {
     "first_page": "GET /posts?limit=10",
     "create": "POST /posts (signed in)",
 }
-# (label, settings overrides, middleware classes left out, logging level)
-LAYERS: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
-    ("rate limits (RATE_LIMIT_ENABLED=false)", {"rate_limit_enabled": False}, (), "INFO"),
-    ("access log (LOG_LEVEL=WARNING)", {}, (), "WARNING"),
-    ("metrics + access log (ObservabilityMiddleware)", {}, ("ObservabilityMiddleware",), "INFO"),
-    ("security headers (SecurityHeadersMiddleware)", {}, ("SecurityHeadersMiddleware",), "INFO"),
-    ("request id + timing (RequestContextMiddleware)", {}, ("RequestContextMiddleware",), "INFO"),
-    ("body size limit (BodySizeLimitMiddleware)", {}, ("BodySizeLimitMiddleware",), "INFO"),
-    ("Host check (AllowedHostsMiddleware)", {}, ("AllowedHostsMiddleware",), "INFO"),
-    ("client address (ClientAddressMiddleware)", {}, ("ClientAddressMiddleware",), "INFO"),
-    ("trailing slash (TrailingSlashMiddleware)", {}, ("TrailingSlashMiddleware",), "INFO"),
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One variant of the service: a layer switched off."""
+
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # settings
+    leave_out: tuple[str, ...] = ()  # parts of the edge layer (EdgeMiddleware's `leave_out`)
+    without_edge: bool = False  # EdgeMiddleware left out of app.user_middleware
+    log_level: str = "INFO"
+    within: str = ""  # the label of the layer this one is a part of
+
+
+EDGE = "the whole edge layer (EdgeMiddleware left out)"
+METRICS = "metrics + access log (edge)"
+LAYERS = [
+    Layer("rate limits (RATE_LIMIT_ENABLED=false)", {"rate_limit_enabled": False}),
+    Layer("access log (LOG_LEVEL=WARNING)", log_level="WARNING", within=METRICS),
+    Layer(METRICS, leave_out=("metrics_and_access_log",), within=EDGE),
+    Layer("security headers (edge)", leave_out=("security_headers",), within=EDGE),
+    Layer("body size limit (edge)", leave_out=("body_limit",), within=EDGE),
+    Layer("Host check (edge; ALLOWED_HOSTS=*)", {"allowed_hosts": ["*"]}, within=EDGE),
+    Layer(EDGE, without_edge=True),
 ]
 CONCURRENCY = 8
 ID_SET = 500  # ids read at random; every one is read once in the warm-up (cache hits: all hits)
@@ -178,22 +194,28 @@ class Variant:
     log_level: str = "INFO"
 
 
-def service_variant(
-    label: str, overrides: dict[str, Any], dropped: tuple[str, ...], log_level: str
-) -> Variant:
+def service_variant(label: str, layer: Layer) -> Variant:
     def build(cache_ttl: int) -> Any:
+        from starlette.middleware import Middleware
+
         import main
         from config import Settings
+        from edge import EdgeMiddleware
 
-        app = main.create_app(Settings(cache_ttl_seconds=cache_ttl, **overrides))
-        present = {m.cls.__name__ for m in app.user_middleware}
-        missing = set(dropped) - present
-        if missing:
-            raise BenchError(f"{label}: the app has no {sorted(missing)} any more")
-        app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ not in dropped]
+        app = main.create_app(Settings(cache_ttl_seconds=cache_ttl, **layer.overrides))
+        edges = [m for m in app.user_middleware if m.cls is EdgeMiddleware]
+        if len(edges) != 1:
+            raise BenchError(f"{label}: the app has {len(edges)} EdgeMiddleware, not one")
+        [edge] = edges
+        if layer.without_edge:
+            app.user_middleware.remove(edge)
+        elif layer.leave_out:
+            kwargs: dict[str, Any] = {**edge.kwargs, "leave_out": layer.leave_out}
+            position = app.user_middleware.index(edge)
+            app.user_middleware[position] = Middleware(EdgeMiddleware, *edge.args, **kwargs)
         return app
 
-    return Variant(label, build, log_level)
+    return Variant(label, build, layer.log_level)
 
 
 def reference_variant(label: str, module: str) -> Variant:
@@ -261,15 +283,16 @@ class Layers:
         flush_redis(self.args.redis)
 
     def variants(self) -> list[Variant]:
-        everything: dict[str, Any] = {}
-        dropped: tuple[str, ...] = ()
-        for _label, overrides, classes, _level in LAYERS:
-            everything.update(overrides)
-            dropped += classes
+        everything = Layer(
+            "all of the above off",
+            {k: v for layer in LAYERS for k, v in layer.overrides.items()},
+            without_edge=True,
+            log_level="WARNING",
+        )
         return [
-            service_variant("service, production settings", {}, (), "INFO"),
-            *(service_variant(f"- {label}", o, d, level) for label, o, d, level in LAYERS),
-            service_variant("service, all of the above off", everything, dropped, "WARNING"),
+            service_variant("service, production settings", Layer("production")),
+            *(service_variant(f"- {layer.label}", layer) for layer in LAYERS),
+            service_variant("service, all of the above off", everything),
             reference_variant("floor (bench/floor.py)", "floor"),
             reference_variant("ceiling (bench/ceiling.py)", "ceiling"),
         ]
@@ -394,6 +417,21 @@ class Layers:
                     saved = production - value
                     cost = f"{saved:+.0f} µs ({100 * saved / production:.0f} %)"
                 lines.append(f"| {label} | {value:.0f} | {cost} |")
+            # layer -> (its cost, the layer it is a part of)
+            costs = {
+                layer.label: (production - med[f"- {layer.label}"], layer.within)
+                for layer in LAYERS
+                if f"- {layer.label}" in med
+            }
+            if EDGE in costs:
+                edge = costs[EDGE][0]
+                parts = sum(cost for cost, within in costs.values() if within == EDGE)
+                lines += [
+                    "",
+                    f"The edge layer's core (request id + timing, trailing slash, client "
+                    f"address, its send wrapper): the whole edge {edge:.0f} µs minus its parts "
+                    f"above {parts:.0f} = {edge - parts:.0f} µs.",
+                ]
             bare = med.get("service, all of the above off")
             floor = med.get("floor (bench/floor.py)")
             ceiling = med.get("ceiling (bench/ceiling.py)")
@@ -413,7 +451,7 @@ class Layers:
                 lines += ["", split + "."]
             elif bare is not None and floor is not None and ceiling is not None:
                 layers = production - bare
-                singles = sum(production - v for k, v in med.items() if k.startswith("-"))
+                singles = sum(cost for cost, within in costs.values() if not within)
                 lines += [
                     "",
                     f"Split: ceiling {ceiling:.0f} µs (Starlette, asyncpg, orjson: the database "

@@ -85,7 +85,7 @@ def test_a_pipe_gets_json_without_colour_codes(tmp_path: Path) -> None:
 def test_text_lines_carry_the_request_id_only_inside_a_request() -> None:
     import logging
 
-    from middleware import request_id_var
+    from request_id import request_id_var
 
     handler = logging_setup.make_handler("text")
     record = logging.LogRecord("blog", logging.INFO, __file__, 1, "hello", None, None)

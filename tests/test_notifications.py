@@ -173,7 +173,7 @@ async def wait_for_record(
 
 def capture_notification_logs(caplog: pytest.LogCaptureFixture) -> None:
     """Capture the notifications logger from INFO, each record stamped with the request id
-    current where it was logged (the filter reads middleware.request_id_var)."""
+    current where it was logged (the filter reads request_id.request_id_var)."""
     caplog.set_level(logging.INFO, logger=NOTIFICATIONS_LOGGER)
     caplog.handler.addFilter(RequestIdFilter())
 

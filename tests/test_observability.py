@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import observability
 from logging_setup import configure_logging
-from middleware import request_id_var
+from request_id import request_id_var
 from tests.conftest import ROOT, TEST_SECRET, alembic_upgrade, create_post, free_port
 from tests.worker_processes import SERVER_FLAGS
 
@@ -456,9 +456,9 @@ def test_one_scrape_covers_every_worker(tmp_path: Path, mode: str) -> None:
 
 
 def test_the_access_line_s_fast_path_writes_what_logger_info_would(log_output: Any) -> None:
-    """observability.AccessRecord through JsonFormatter's fast path: the same keys, values and
+    """access_log.AccessRecord through JsonFormatter's fast path: the same keys, values and
     order as the same fields logged with Logger.info(extra=...)."""
-    from observability import AccessRecord, access_logger
+    from access_log import AccessRecord, access_logger
 
     buffer = log_output("json")
     fields = {
@@ -483,3 +483,92 @@ def test_the_access_line_s_fast_path_writes_what_logger_info_would(log_output: A
     fast_record.pop("time"), general_record.pop("time")
     assert fast_record == general_record
     assert fast_record["instance"] and fast_record["request_id"] == "same-1"
+
+
+def test_the_direct_access_line_is_the_logged_one(log_output: Any) -> None:
+    """logging_setup.JsonLinesHandler.write_line (the access line without a log record) writes
+    the same keys, values and order as the record through JsonFormatter and as Logger.info."""
+    from access_log import AccessRecord, access_logger
+    from logging_setup import direct_json_handler
+
+    buffer = log_output("json", "api-3")
+    [handler] = logging.getLogger().handlers
+    assert direct_json_handler(access_logger) is handler
+    fields = {
+        "request_id": "direct-1",
+        "method": "POST",
+        "route": "/posts",
+        "path": "/posts",
+        "status": 201,
+        "duration_ms": 3.5,
+        "user_id": 9,
+        "client_ip": "10.0.0.7",
+    }
+    message = "POST /posts 201 3.5ms"
+    token = request_id_var.set("direct-1")
+    try:
+        handler.write_line(access_logger.name, message, dict(fields))
+        access_logger.handle(AccessRecord(message, dict(fields)))
+        access_logger.info(message, extra=dict(fields))
+    finally:
+        request_id_var.reset(token)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert len(lines) == 3
+    assert len({tuple(line) for line in lines}) == 1  # the same keys in the same order
+    for line in lines:
+        assert line.pop("time")
+    assert lines[0] == lines[1] == lines[2]
+    assert lines[0]["instance"] == "api-3" and lines[0]["logger"] == "blog.access"
+
+
+async def test_the_access_line_is_a_log_record_where_anything_else_may_see_it(
+    client: httpx.AsyncClient, log_output: Any
+) -> None:
+    """Another handler (pytest's caplog, a collector), a filter, a changed formatter or level:
+    the access line goes through `logging`, which they see; the JSON line is the same."""
+    from access_log import access_logger
+    from logging_setup import direct_json_handler
+
+    buffer = log_output("json")
+    [handler] = logging.getLogger().handlers
+    records: list[logging.LogRecord] = []
+
+    class Collector(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    collector = Collector()
+    logging.getLogger().addHandler(collector)
+    try:
+        assert direct_json_handler(access_logger) is None
+        assert (await client.get("/", headers={"X-Request-ID": "seen-1"})).status_code == 200
+    finally:
+        logging.getLogger().removeHandler(collector)
+    [record] = [r for r in records if r.name == "blog.access"]
+    assert record.fields["request_id"] == "seen-1"  # type: ignore[attr-defined]
+    [line] = access_lines(buffer)
+    assert line["request_id"] == "seen-1" and line["route"] == "/"
+
+    assert direct_json_handler(access_logger) is handler
+    rejecting = logging.Filter("nothing")
+    access_logger.addFilter(rejecting)
+    try:
+        assert direct_json_handler(access_logger) is None
+        assert (await client.get("/")).status_code == 200
+    finally:
+        access_logger.removeFilter(rejecting)
+    assert len(access_lines(buffer)) == 1  # the filter had its say
+    handler.setLevel(logging.WARNING)
+    try:
+        assert direct_json_handler(access_logger) is None
+        assert (await client.get("/")).status_code == 200
+    finally:
+        handler.setLevel(logging.NOTSET)
+    assert len(access_lines(buffer)) == 1
+    json_formatter = handler.formatter
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    try:
+        assert direct_json_handler(access_logger) is None
+    finally:
+        handler.setFormatter(json_formatter)
+    assert direct_json_handler(access_logger) is handler

@@ -248,7 +248,7 @@ async def test_input_size_limits(client: httpx.AsyncClient, user_headers: dict[s
 async def test_body_size_limit_on_every_write(
     client: httpx.AsyncClient, user_headers: dict[str, str]
 ) -> None:
-    """Pins middleware.BodySizeLimitMiddleware (1 MiB), before parsing and before auth."""
+    """Pins body_limit.BodyLimit (1 MiB) in the edge, before parsing and before auth."""
     post = await create_post(client, user_headers, "Target")
     big = b"x" * (1024 * 1024 + 1)
     for url in (

@@ -223,10 +223,10 @@ async def test_no_server_header_even_if_something_sets_one() -> None:
     """uvicorn's own is off in every start command (test_hardening); the app drops any other."""
     from starlette.responses import PlainTextResponse
 
-    from security_headers import SecurityHeadersMiddleware
+    from edge import EdgeMiddleware
 
     inner = PlainTextResponse("hi", headers={"Server": "framework/1.0"})
-    transport = httpx.ASGITransport(app=SecurityHeadersMiddleware(inner))
+    transport = httpx.ASGITransport(app=EdgeMiddleware(inner))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         response = await http.get("/")
     assert response.status_code == 200
@@ -234,11 +234,11 @@ async def test_no_server_header_even_if_something_sets_one() -> None:
 
 
 async def test_the_app_s_own_vary_cache_control_and_policy_are_kept() -> None:
-    """SecurityHeadersMiddleware adds to the response's Vary and keeps the Cache-Control,
+    """The edge adds to the response's Vary and keeps the Cache-Control,
     Content-Security-Policy and X-Frame-Options it chose itself, each once."""
     from starlette.responses import PlainTextResponse
 
-    from security_headers import SecurityHeadersMiddleware
+    from edge import EdgeMiddleware
 
     inner = PlainTextResponse(
         "hi",
@@ -249,7 +249,7 @@ async def test_the_app_s_own_vary_cache_control_and_policy_are_kept() -> None:
             "X-Frame-Options": "SAMEORIGIN",
         },
     )
-    transport = httpx.ASGITransport(app=SecurityHeadersMiddleware(inner))
+    transport = httpx.ASGITransport(app=EdgeMiddleware(inner))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         response = await http.get("/posts")
     assert response.headers.get_list("vary") == ["Origin, Authorization"]
