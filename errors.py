@@ -130,6 +130,9 @@ class TooManySockets(AppError):
     error_code = "RATE_LIMITED"
     detail = "Too many open live-update sockets"
 
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
 
 class InvalidCursor(AppError):
     status_code = 422

@@ -32,6 +32,9 @@ logger = logging.getLogger("blog.realtime")
 COMPONENT = "realtime"
 KEY_PREFIX = "blog:ws"
 LEASE_SECONDS = 30.0
+# A refused handshake's Retry-After: a closed socket frees its place at once, but when is not
+# known; a crashed worker's sockets leave the counts within LEASE_SECONDS.
+RETRY_AFTER_SECONDS = 10
 MESSAGES_PER_SECOND = 5
 
 # KEYS: the sorted sets to enter (the IP's, then the user's); ARGV: the member, the lease in
@@ -119,7 +122,8 @@ class SocketLimits:
         if full:
             what = "this address" if full == 1 else "this user"
             raise TooManySockets(
-                f"Too many open live-update sockets for {what} (limit {limits[full - 1]})"
+                f"Too many open live-update sockets for {what} (limit {limits[full - 1]})",
+                RETRY_AFTER_SECONDS,
             )
         self.held[lease.member] = lease
         self.counts.update(lease.keys)

@@ -72,6 +72,8 @@ async def assert_refused(
     response = refused.value.response
     assert response.status_code == status, (url, response.body)
     assert response.headers["content-type"] == "application/json"
+    if status == 429:
+        assert int(response.headers["Retry-After"]) >= 1, response.headers
     body: dict[str, Any] = json.loads(response.body)
     assert body["error_code"] == error_code, body
     if error_code == "VALIDATION_ERROR":
