@@ -10,7 +10,7 @@ when a slot frees.
 Counters live in Redis when `REDIS_URL` is set (shared by every worker, through the shared
 connection pool of `RedisBackend`) and in process memory otherwise (the `limits` library's moving
 window). In Redis the window is a sorted set of request times, read and updated by one script
-(TAKE_SLOTS), on Redis's own clock so workers on different hosts agree; the `limits` Redis
+(MOVING_WINDOW), on Redis's own clock so workers on different hosts agree; the `limits` Redis
 storage would take two round trips per request (the hit, then the window's stats). A busy
 client's slots are taken a few at a time and handed out by the worker (rate_leases.py), and the
 asks that reach the limiter in the same turn of the event loop go out together
@@ -68,36 +68,12 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 EXEMPT_PATHS = frozenset({"/", "/metrics", "/redoc", "/openapi.json", "/health"})
 EXEMPT_PREFIXES = ("/health/", "/docs", "/static/")
 
-# KEYS[1]: the client's window; ARGV: limit, window seconds, a member unique to this request.
-# Returns {allowed (0/1), remaining, seconds until the oldest request leaves the window}.
+# The window of every shared limit: take up to ARGV[3] slots of it at once (rate_leases.py; one
+# slot, `one_slot`, for the limits that are not leased). KEYS[1]: the window; ARGV: limit, window
+# seconds, slots wanted, seconds the slots after the first are kept (they are recorded that much
+# later), a member prefix unique to this ask. Returns {slots granted (0: refused), free slots
+# left, seconds until the oldest slot leaves the window}.
 MOVING_WINDOW = """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-local allowed = 0
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  count = count + 1
-  allowed = 1
-end
-redis.call('EXPIRE', KEYS[1], window)
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local reset = 0
-if oldest[2] then
-  reset = tonumber(oldest[2]) + window - now
-end
-return {allowed, limit - count, tostring(reset)}
-"""
-
-
-# The middleware's window script: MOVING_WINDOW taking up to ARGV[3] slots (rate_leases.py).
-# KEYS[1]: the client's window; ARGV: limit, window seconds, slots wanted, seconds the slots
-# after the first are kept (they are recorded that much later), a member prefix unique to this
-# ask. Returns {slots granted (0: refused), free slots left, seconds until the oldest leaves}.
-TAKE_SLOTS = """
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local wanted = tonumber(ARGV[3])
@@ -138,6 +114,11 @@ if oldest[2] then
 end
 return {count, tostring(reset)}
 """
+
+
+def one_slot(limit: int, window_seconds: int, member: str) -> list[int | str]:
+    """MOVING_WINDOW's arguments for a single slot, recorded now: a plain moving window."""
+    return [limit, window_seconds, 1, 0, member]
 
 
 @dataclass(frozen=True)
@@ -350,7 +331,7 @@ class RateLimitMiddleware:
     def take_slots_script(self, backend: RedisBackend) -> AsyncScript:
         """The window script on the backend's client; registered again if it is replaced."""
         if self._take_slots is None or self._redis_backend is not backend:
-            self._take_slots = backend.client.register_script(TAKE_SLOTS)
+            self._take_slots = backend.client.register_script(MOVING_WINDOW)
             self._redis_backend = backend
         return self._take_slots
 
@@ -429,7 +410,7 @@ class LoginAccountThrottle:
 
         async def shared(_client: Redis) -> None:
             window = f"{REDIS_KEY_PREFIX}:login_account:{key}"
-            args: list[int | str] = [self.item.amount, self.item.get_expiry(), next(self._members)]
+            args = one_slot(self.item.amount, self.item.get_expiry(), next(self._members))
             await backend.run_script(hit_script, [window], args)
 
         await backend.call(COMPONENT, shared, local)

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from errors import TooManySockets
-from ratelimit import MOVING_WINDOW
+from ratelimit import MOVING_WINDOW, one_slot
 from redis_backend import RedisBackend
 
 logger = logging.getLogger("blog.realtime")
@@ -205,12 +205,12 @@ class SocketLimits:
             return self._allow_message_here(user_id)
         script = self._script(MOVING_WINDOW)
         key = f"{KEY_PREFIX}:messages:user:{user_id}"
-        args: list[int | str] = [MESSAGES_PER_SECOND, 1, next(self._members)]
+        args = one_slot(MESSAGES_PER_SECOND, 1, next(self._members))
 
         async def shared(_client: Redis) -> bool:
             assert self.redis is not None
-            allowed, _remaining, _reset = await self.redis.run_script(script, [key], args)
-            return bool(allowed == 1)
+            granted, _remaining, _reset = await self.redis.run_script(script, [key], args)
+            return bool(granted == 1)
 
         async def local() -> bool:
             return self._allow_message_here(user_id)
