@@ -125,13 +125,8 @@ class PreconditionFailed(AppError):
     detail = "The post has changed since the given ETag"
 
 
-class TooManySockets(AppError):
-    status_code = 429
-    error_code = "RATE_LIMITED"
+class TooManySockets(RateLimited):
     detail = "Too many open live-update sockets"
-
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class InvalidCursor(AppError):

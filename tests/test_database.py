@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -18,19 +20,28 @@ QUERY_SECONDS = 0.05
 SLOW_QUERY = select(func.pg_sleep(QUERY_SECONDS))
 
 
-@pytest.fixture
-async def one_connection_database() -> Any:
+@asynccontextmanager
+async def database_with_pool(pool_size: int) -> AsyncIterator[Database]:
+    """A Database on the test PostgreSQL with `pool_size` connections and no overflow."""
     need_services("TEST_DATABASE_URL")
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         database_url=TEST_DATABASE_URL,
         secret_key=TEST_SECRET,
-        db_pool_size=1,
+        db_pool_size=pool_size,
         db_max_overflow=0,
     )
     database = Database(settings)
-    yield database
-    await database.dispose()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture
+async def one_connection_database() -> AsyncIterator[Database]:
+    async with database_with_pool(1) as database:
+        yield database
 
 
 async def test_a_request_arriving_late_is_not_starved_by_back_to_back_queries(
@@ -61,18 +72,9 @@ async def test_a_request_arriving_late_is_not_starved_by_back_to_back_queries(
 
 
 @pytest.fixture
-async def two_connection_database() -> Any:
-    need_services("TEST_DATABASE_URL")
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        database_url=TEST_DATABASE_URL,
-        secret_key=TEST_SECRET,
-        db_pool_size=2,
-        db_max_overflow=0,
-    )
-    database = Database(settings)
-    yield database
-    await database.dispose()
+async def two_connection_database() -> AsyncIterator[Database]:
+    async with database_with_pool(2) as database:
+        yield database
 
 
 BACKEND_PID = select(func.pg_backend_pid().label("pid"))
